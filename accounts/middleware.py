@@ -1,0 +1,61 @@
+"""Bearer API-key auth for /api/ and /v1/ (sync and async), with JSON 401s."""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse
+
+from accounts.selectors import api_key_authenticate
+from tokenflow_site.errors import json_error
+
+PROTECTED_PREFIXES = ("/api/", "/v1/")
+PUBLIC_PATHS = ("/api/schema/", "/api/docs/")
+
+
+def bearer_token(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _authenticate(request: HttpRequest) -> HttpResponse | None:
+    """Set request.api_key, or return the 401 response. Staff sessions are accepted too."""
+    request.api_key = None
+    if not request.path.startswith(PROTECTED_PREFIXES) or request.path.startswith(PUBLIC_PATHS):
+        return None
+    header = request.headers.get("Authorization", "")
+    if not header:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            return None
+        return json_error(
+            "Missing API key: send 'Authorization: Bearer <key>'.", code="unauthorized", status=401
+        )
+    token = bearer_token(header)
+    key = api_key_authenticate(raw=token) if token else None
+    if key is None:
+        return json_error("Invalid or revoked API key.", code="unauthorized", status=401)
+    request.api_key = key
+    return None
+
+
+class ApiKeyMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return _authenticate(request) or self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest):
+        if request.path.startswith(PROTECTED_PREFIXES):
+            # request.user is lazy and hits the DB, so resolve everything in one thread hop.
+            denied = await sync_to_async(_authenticate)(request)
+        else:
+            request.api_key, denied = None, None
+        return denied or await self.get_response(request)

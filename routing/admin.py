@@ -1,0 +1,75 @@
+from django.contrib import admin
+
+from routing.models import CategoryRoute, Classification, Generation, ModelRanking, Prompt
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records of what happened: viewable and deletable, never edited."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class CategoryRouteInline(admin.TabularInline):
+    model = CategoryRoute
+    extra = 0
+    fields = ["category", "description", "priority", "enabled"]
+
+
+@admin.register(ModelRanking)
+class ModelRankingAdmin(admin.ModelAdmin):
+    list_display = [
+        "name", "provider", "upstream_model", "rank", "enabled", "input_price_per_mtok",
+        "output_price_per_mtok", "context_window", "updated_at",
+    ]
+    list_editable = ["rank", "enabled"]
+    list_filter = ["provider", "enabled"]
+    search_fields = ["name", "upstream_model", "description"]
+    date_hierarchy = "created_at"
+    inlines = [CategoryRouteInline]
+
+
+@admin.register(CategoryRoute)
+class CategoryRouteAdmin(admin.ModelAdmin):
+    list_display = ["category", "model", "priority", "enabled", "description", "updated_at"]
+    list_editable = ["priority", "enabled"]
+    list_filter = ["category", "enabled", "model__provider"]
+    search_fields = ["category", "description", "model__name"]
+    list_select_related = ["model"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Prompt)
+class PromptAdmin(ReadOnlyAdmin):
+    list_display = ["id", "short_text", "source", "api_key", "created_at"]
+    list_filter = ["source", "created_at"]
+    search_fields = ["text", "sha256"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="text")
+    def short_text(self, obj):
+        return obj.text[:100]
+
+
+@admin.register(Classification)
+class ClassificationAdmin(ReadOnlyAdmin):
+    list_display = ["id", "top_category", "confidence", "engine", "multi_label", "duration_ms",
+                    "created_at"]
+    list_filter = ["top_category", "engine", "multi_label", "created_at"]
+    search_fields = ["prompt__text", "top_category"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Generation)
+class GenerationAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id", "model_name", "provider", "transport", "status", "prompt_tokens",
+        "completion_tokens", "ttft_ms", "duration_ms", "created_at",
+    ]
+    list_filter = ["status", "provider", "model_name", "transport", "created_at"]
+    search_fields = ["output_text", "prompt__text", "model_name", "error_message"]
+    date_hierarchy = "created_at"
+    list_select_related = ["prompt"]

@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class RoutingConfig(AppConfig):
+    name = "routing"
+
+    def ready(self) -> None:
+        from tokenflow_site.assets import use_tiktoken_cache
+
+        use_tiktoken_cache()

@@ -1,0 +1,199 @@
+"""Prompts, the two routing tables, classifications and generations."""
+
+import hashlib
+
+from django.db import models
+from django.db.models import Q
+
+
+class Prompt(models.Model):
+    """The text a client sent, as received (before any compression)."""
+
+    class Source(models.TextChoices):
+        API = "api", "REST API"
+        WEBSOCKET = "ws", "WebSocket"
+        OPENAI = "openai", "OpenAI-compatible"
+        PROCESS = "process", "Fan-out"
+        BATCH = "batch", "Batch"
+
+    text = models.TextField()
+    messages = models.JSONField(default=list, blank=True)
+    sha256 = models.CharField(max_length=64, db_index=True, editable=False)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="prompts"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+    def save(self, *args, **kwargs):
+        self.sha256 = hashlib.sha256(self.text.encode()).hexdigest()
+        super().save(*args, **kwargs)
+
+
+class ModelRankingQuerySet(models.QuerySet):
+    def enabled(self) -> "ModelRankingQuerySet":
+        return self.filter(enabled=True)
+
+
+class ModelRanking(models.Model):
+    """The model registry: what a model name means and how good it is (lower rank = better)."""
+
+    class Provider(models.TextChoices):
+        LOCAL = "local", "Local Hugging Face model"
+        MOCK = "mock", "Mock (deterministic)"
+        OPENAI = "openai", "OpenAI"
+        GROQ = "groq", "Groq"
+        OPENROUTER = "openrouter", "OpenRouter"
+        CUSTOM = "custom", "OpenAI-compatible (custom base URL)"
+
+    name = models.CharField(max_length=200, unique=True, help_text="Public name, e.g. groq/llama")
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    upstream_model = models.CharField(max_length=200, help_text="Model id sent to the provider.")
+    base_url = models.URLField(blank=True, help_text="Overrides the provider's base URL.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="Env var holding the key (default: provider's)."
+    )
+    rank = models.PositiveIntegerField(default=100, db_index=True)
+    enabled = models.BooleanField(default=True)
+    input_price_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    output_price_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    context_window = models.PositiveIntegerField(default=8192)
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Provider options (mock: response, token_delay, ...)."
+    )
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelRankingQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["rank", "name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(context_window__gt=0), name="model_context_positive"),
+            models.CheckConstraint(
+                condition=Q(input_price_per_mtok__gte=0) & Q(output_price_per_mtok__gte=0),
+                name="model_prices_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CategoryRoute(models.Model):
+    """category -> model; the highest priority enabled route wins, lower ones are fallbacks."""
+
+    category = models.SlugField(max_length=100, db_index=True)
+    description = models.CharField(
+        max_length=500, blank=True, help_text="What prompts of this category look like (classifier)."
+    )
+    model = models.ForeignKey(ModelRanking, on_delete=models.CASCADE, related_name="routes")
+    priority = models.IntegerField(default=100, help_text="Higher wins; lower ones are fallbacks.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["category", "-priority"]
+        constraints = [
+            models.UniqueConstraint(fields=["category", "model"], name="route_category_model_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category} -> {self.model} ({self.priority})"
+
+
+class Classification(models.Model):
+    prompt = models.ForeignKey(
+        Prompt, null=True, blank=True, on_delete=models.CASCADE, related_name="classifications"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    engine = models.CharField(max_length=100)
+    categories = models.JSONField(default=list)
+    multi_label = models.BooleanField(default=False)
+    top_category = models.CharField(max_length=100, db_index=True)
+    confidence = models.FloatField()
+    scores = models.JSONField(default=list)
+    duration_ms = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0) & Q(confidence__lte=1), name="confidence_in_unit"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.top_category} ({self.confidence:.2f})"
+
+
+class Generation(models.Model):
+    """One model call, from queued to a terminal status, with whatever it produced."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        STREAMING = "streaming"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    prompt = models.ForeignKey(
+        Prompt, null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    classification = models.ForeignKey(
+        Classification, null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
+    )
+    compression = models.ForeignKey(
+        "compression.Compression",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="generations",
+    )
+    model = models.ForeignKey(
+        ModelRanking, null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
+    )
+    model_name = models.CharField(max_length=200, db_index=True)
+    provider = models.CharField(max_length=20, db_index=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    transport = models.CharField(max_length=20, blank=True, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    input_messages = models.JSONField(default=list)
+    output_text = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    attempts = models.JSONField(default=list, blank=True, help_text="Retries and fallbacks.")
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "created_at"], name="generation_status_created")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.model_name} {self.status}"

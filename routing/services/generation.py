@@ -1,0 +1,393 @@
+"""Generation: validate a request, persist a Generation, stream it from a provider.
+
+Every transport (SSE, NDJSON, WebSocket, /v1/chat/completions, fan-out agents, batch
+items) consumes the one async iterator of StreamEvents that `generation_run` yields.
+"""
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.models import ApiKey
+from routing.models import Classification, Generation, ModelRanking, Prompt
+from routing.providers.base import ChatRequest, ProviderError
+from routing.providers.registry import provider_for
+from routing.tokens import count_message_tokens, count_tokens
+from tokenflow_site.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+VALID_ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class StreamEvent:
+    """type: metadata | text | info | error | end."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _number(data: dict, name: str, low: float, high: float, *, integer: bool = False):
+    value = data.get(name)
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if integer else "a number"
+        raise ApiError(f"'{name}' must be {expected}.", code="invalid_type", field=name)
+    if not low <= value <= high:
+        raise ApiError(
+            f"'{name}' must be between {low} and {high}.", code="out_of_range", field=name
+        )
+    return value
+
+
+def params_parse(data: dict[str, Any]) -> GenerationParams:
+    """Sampling parameters with OpenAI's ranges."""
+    stop = data.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (
+        isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4
+    ):
+        raise ApiError("'stop' must be a string or up to 4 strings.", field="stop")
+    return GenerationParams(
+        temperature=_number(data, "temperature", 0, 2),
+        top_p=_number(data, "top_p", 0, 1),
+        max_tokens=_number(
+            data, "max_tokens", 1, settings.TOKENFLOW_MAX_OUTPUT_TOKENS, integer=True
+        ),
+        stop=stop,
+        seed=_number(data, "seed", -(2**63), 2**63 - 1, integer=True),
+    )
+
+
+def messages_parse(data: dict[str, Any]) -> list[dict[str, str]]:
+    """`prompt` (a string) or `messages` (OpenAI chat format), exactly one of them."""
+    has_prompt, has_messages = data.get("prompt") is not None, data.get("messages") is not None
+    if has_prompt and has_messages:
+        raise ApiError("Send either 'prompt' or 'messages', not both.", field="prompt")
+    if not has_prompt and not has_messages:
+        raise ApiError("'prompt' or 'messages' is required.", code="required", field="prompt")
+    limit = settings.TOKENFLOW_MAX_INPUT_CHARS
+    if has_prompt:
+        prompt = data["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError("'prompt' must be a non-empty string.", field="prompt")
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        raw = data["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise ApiError("'messages' must be a non-empty list.", field="messages")
+        messages = []
+        for index, message in enumerate(raw):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in VALID_ROLES
+                or not isinstance(message.get("content"), str)
+            ):
+                raise ApiError(
+                    f"messages[{index}] must be an object with a role "
+                    f"({', '.join(sorted(VALID_ROLES))}) and a string content.",
+                    field="messages",
+                )
+            messages.append({"role": message["role"], "content": message["content"]})
+    size = sum(len(m["content"]) for m in messages)
+    if size > limit:
+        field_name = "prompt" if has_prompt else "messages"
+        raise ApiError(
+            f"The input is {size} characters; the limit is {limit}.",
+            code="input_too_large",
+            status=413,
+            field=field_name,
+        )
+    return messages
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """The text a Prompt row stores: the last user message (or all content)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else "\n".join(m["content"] for m in messages)
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def model_resolve(name: Any) -> ModelRanking:
+    """An enabled ModelRanking by name, or 404 listing the available ones."""
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError("'model' is required.", code="required", field="model")
+    model = ModelRanking.objects.filter(name=name).first()
+    if model is None or not model.enabled:
+        available = list(ModelRanking.objects.enabled().values_list("name", flat=True))
+        state = "disabled" if model else "unknown"
+        raise ApiError(
+            f"Model {name!r} is {state}. Available: {', '.join(available) or 'none'}.",
+            code="model_not_found",
+            status=404,
+            field="model",
+            extra={"available_models": available},
+        )
+    return model
+
+
+def provider_check(model: ModelRanking) -> None:
+    """503 naming the missing variable (or other reason) if the provider cannot serve."""
+    try:
+        provider_for(model).check_ready()
+    except ProviderError as exc:
+        raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
+
+
+# --- persistence -------------------------------------------------------------------------
+
+
+def generation_prepare(
+    *,
+    model: ModelRanking,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str = Prompt.Source.API,
+    prompt: Prompt | None = None,
+    classification: Classification | None = None,
+    compression=None,
+    check_provider: bool = True,
+) -> Generation:
+    """Persist the Prompt (unless given) and a queued Generation."""
+    if check_provider:
+        provider_check(model)
+    if prompt is None:
+        prompt = Prompt.objects.create(
+            text=prompt_text(messages), messages=messages, source=source, api_key=api_key
+        )
+    return Generation.objects.create(
+        prompt=prompt,
+        api_key=api_key,
+        classification=classification,
+        compression=compression,
+        model=model,
+        model_name=model.name,
+        provider=model.provider,
+        upstream_model=model.upstream_model,
+        transport=transport,
+        parameters=params.as_dict(),
+        input_messages=messages,
+    )
+
+
+def _finish(generation: Generation, status: str, **fields: Any) -> None:
+    generation.status = status
+    generation.finished_at = timezone.now()
+    for name, value in fields.items():
+        setattr(generation, name, value)
+    generation.save()
+    _jsonl_log(generation)
+
+
+def _jsonl_log(generation: Generation) -> None:
+    path = settings.TOKENFLOW_JSONL_LOG
+    if not path:
+        return
+    line = {
+        "timestamp": generation.finished_at.isoformat(),
+        "generation_id": generation.pk,
+        "model": generation.model_name,
+        "provider": generation.provider,
+        "status": generation.status,
+        "prompt": generation.input_messages,
+        "response": generation.output_text,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "ttft_ms": generation.ttft_ms,
+        "duration_ms": generation.duration_ms,
+        "error": generation.error_message or None,
+    }
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except OSError:
+        logger.exception("Cannot write the JSONL log %s", path)
+
+
+# --- streaming ---------------------------------------------------------------------------
+
+
+def metadata_for(generation: Generation) -> dict[str, Any]:
+    return {
+        "generation_id": generation.pk,
+        "model": generation.model_name,
+        "provider": generation.provider,
+        "upstream_model": generation.upstream_model,
+    }
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    base = settings.TOKENFLOW_RETRY_BACKOFF * (2 ** (attempt - 1))
+    delay = base * (0.5 + random.random())
+    if retry_after is not None:
+        delay = max(delay, float(retry_after))
+    return min(delay, settings.TOKENFLOW_RETRY_MAX_DELAY)
+
+
+async def generation_run(
+    generation: Generation, *, extra: dict[str, Any] | None = None
+) -> AsyncIterator[StreamEvent]:
+    """Stream a prepared Generation, persisting every state change.
+
+    Retries retryable provider errors before the first token only. A failure after it
+    ends with an `error` event and a failed row; closing the iterator (client gone,
+    cancel) persists the row as cancelled with its partial text and stops the upstream.
+    """
+    model = generation.model
+    provider = provider_for(model)
+    request = ChatRequest(
+        messages=generation.input_messages,
+        model=generation.upstream_model,
+        extra=extra or {},
+        **generation.parameters,
+    )
+    yield StreamEvent("metadata", metadata_for(generation))
+    started = time.monotonic()
+    parts: list[str] = []
+    usage: dict[str, int] | None = None
+    finish_reason = "stop"
+    attempts: list[dict[str, Any]] = []
+    max_attempts = settings.TOKENFLOW_RETRY_ATTEMPTS
+    generation.started_at = timezone.now()
+    try:
+        for attempt in range(1, max_attempts + 1):
+            try:
+                async with aclosing(provider.stream(request)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.info:
+                            yield StreamEvent("info", chunk.info)
+                        if chunk.text:
+                            if not parts:
+                                generation.ttft_ms = (time.monotonic() - started) * 1000
+                                generation.status = Generation.Status.STREAMING
+                                await sync_to_async(generation.save)(
+                                    update_fields=["status", "ttft_ms", "started_at"]
+                                )
+                            parts.append(chunk.text)
+                            yield StreamEvent("text", {"text": chunk.text})
+                        if chunk.finish_reason:
+                            finish_reason = chunk.finish_reason
+                        if chunk.usage:
+                            usage = chunk.usage
+                break
+            except ProviderError as exc:
+                attempts.append({"attempt": attempt, "error": exc.message, "code": exc.code})
+                if parts or not exc.retryable or attempt == max_attempts:
+                    raise
+                await asyncio.sleep(_backoff(attempt, exc.retry_after))
+    except ProviderError as exc:
+        await sync_to_async(_finish)(
+            generation,
+            Generation.Status.FAILED,
+            output_text="".join(parts),
+            error_code=exc.code,
+            error_message=exc.message,
+            attempts=attempts,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        yield StreamEvent(
+            "error",
+            {"message": exc.message, "code": exc.code, "status": exc.status,
+             "retry_after": exc.retry_after, "generation_id": generation.pk},
+        )
+        return
+    except (GeneratorExit, asyncio.CancelledError):
+        await asyncio.shield(
+            sync_to_async(_finish)(
+                generation,
+                Generation.Status.CANCELLED,
+                output_text="".join(parts),
+                error_code="cancelled",
+                error_message="The client disconnected or cancelled the generation.",
+                attempts=attempts,
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
+        )
+        raise
+    except Exception as exc:
+        logger.exception("Generation %s crashed", generation.pk)
+        await sync_to_async(_finish)(
+            generation,
+            Generation.Status.FAILED,
+            output_text="".join(parts),
+            error_code="internal_error",
+            error_message=f"{type(exc).__name__}: {exc}",
+            attempts=attempts,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        yield StreamEvent(
+            "error", {"message": "Internal error during generation.", "code": "internal_error",
+                      "status": 500, "generation_id": generation.pk}
+        )
+        return
+    text = "".join(parts)
+    usage = usage or {}
+    prompt_tokens = usage.get("prompt_tokens") or count_message_tokens(generation.input_messages)
+    completion_tokens = usage.get("completion_tokens")
+    if completion_tokens is None:
+        completion_tokens = count_tokens(text)
+    await sync_to_async(_finish)(
+        generation,
+        Generation.Status.COMPLETED,
+        output_text=text,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        attempts=attempts,
+        duration_ms=(time.monotonic() - started) * 1000,
+    )
+    yield StreamEvent(
+        "end",
+        {
+            "generation_id": generation.pk,
+            "finish_reason": finish_reason,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        },
+    )
+
+
+async def generation_complete(
+    generation: Generation, *, extra: dict[str, Any] | None = None
+) -> Generation:
+    """Run a generation to its end without streaming (agents, batch items)."""
+    async with aclosing(generation_run(generation, extra=extra)) as events:
+        async for _event in events:
+            pass
+    return generation

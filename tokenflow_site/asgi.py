@@ -1,0 +1,24 @@
+"""ASGI entry point: Django for HTTP (incl. streaming), Channels for WebSockets."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenflow_site.settings")
+# Initialise Django before importing consumers (they import models).
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from accounts.websocket import WebSocketAuthMiddleware  # noqa: E402
+from tokenflow_site.websocket_urls import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

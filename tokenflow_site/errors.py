@@ -1,0 +1,180 @@
+"""One JSON error shape for every failure: {"error": {"code", "message", "field"?}}."""
+
+import json
+import logging
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+API_PREFIXES = ("/api/", "/v1/", "/healthz", "/metrics")
+
+
+class ApiError(Exception):
+    """A client-visible error with an HTTP status; raised by services, rendered by transports."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "invalid",
+        status: int = 400,
+        field: str | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.field = field
+        self.retry_after = retry_after
+        self.extra = extra or {}
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        body.update(self.extra)
+        return {"error": body}
+
+
+def json_error(
+    message: str,
+    *,
+    code: str,
+    status: int,
+    field: str | None = None,
+    retry_after: float | None = None,
+) -> JsonResponse:
+    return error_response(
+        ApiError(message, code=code, status=status, field=field, retry_after=retry_after)
+    )
+
+
+def error_response(error: ApiError) -> JsonResponse:
+    response = JsonResponse(error.payload(), status=error.status)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(max(1, int(round(error.retry_after + 0.499))))
+    return response
+
+
+def parse_json_body(request: HttpRequest) -> dict[str, Any]:
+    """Decode a JSON object body or raise a 400 ApiError."""
+    try:
+        data = json.loads(request.body or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(f"Malformed JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(data, dict):
+        raise ApiError("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def require_text(data: dict[str, Any], field: str, *, max_chars: int | None = None) -> str:
+    """A non-empty string field, within the size limit (413 beyond it)."""
+    value = data.get(field)
+    if value is None:
+        raise ApiError(f"'{field}' is required.", code="required", field=field)
+    if not isinstance(value, str):
+        raise ApiError(f"'{field}' must be a string.", code="invalid_type", field=field)
+    if not value.strip():
+        raise ApiError(f"'{field}' must not be empty.", code="empty", field=field)
+    if max_chars is not None and len(value) > max_chars:
+        raise_too_large(field, len(value), max_chars)
+    return value
+
+
+def raise_too_large(field: str, size: int, limit: int) -> None:
+    raise ApiError(
+        f"'{field}' is {size} characters; the limit is {limit}.",
+        code="input_too_large",
+        status=413,
+        field=field,
+    )
+
+
+_DRF_CODES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """Render DRF and service errors in the one JSON error shape."""
+    if isinstance(exc, ApiError):
+        response = Response(exc.payload(), status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(max(1, int(round(exc.retry_after + 0.499))))
+        return response
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    code = _DRF_CODES.get(response.status_code, "error")
+    field = None
+    if isinstance(exc, drf_exceptions.ValidationError) and isinstance(exc.detail, dict):
+        field, messages = next(iter(exc.detail.items()), (None, ["Invalid input."]))
+        message = messages[0] if isinstance(messages, list) and messages else str(messages)
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        message = f"{field}: {message}" if field and field != "non_field_errors" else str(message)
+        field = None if field == "non_field_errors" else field
+    elif isinstance(exc, drf_exceptions.ParseError):
+        code, message = "invalid_json", str(exc.detail)
+    else:
+        detail = getattr(exc, "detail", str(exc))
+        message = str(detail[0] if isinstance(detail, list) and detail else detail)
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    response.data = {"error": body}
+    return response
+
+
+class JsonErrorMiddleware(MiddlewareMixin):
+    """404/405/500 on API paths become JSON, never HTML (even with DEBUG on)."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if not self._is_api(request) or response.get("Content-Type", "").startswith(
+            ("application/json", "text/event-stream", "application/x-ndjson", "application/jsonl")
+        ):
+            return response
+        if response.status_code == 404:
+            return json_error(f"No route for {request.path}.", code="not_found", status=404)
+        if response.status_code == 405:
+            return json_error(
+                f"Method {request.method} is not allowed on {request.path}.",
+                code="method_not_allowed",
+                status=405,
+            )
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, ApiError):
+            return error_response(exception)
+        if not self._is_api(request):
+            return None
+        logger.exception("Unhandled error on %s", request.path, exc_info=exception)
+        return json_error("Internal server error.", code="internal_error", status=500)
+
+    @staticmethod
+    def _is_api(request: HttpRequest) -> bool:
+        return not request.path.startswith(("/admin/", "/static/"))
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return json_error(f"No route for {request.path}.", code="not_found", status=404)
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return json_error("Internal server error.", code="internal_error", status=500)

@@ -1,0 +1,266 @@
+"""TokenFlow settings: safe local defaults, production through environment variables.
+
+Every variable read here is documented in README.md ("Configuration").
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# ---------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("TOKENFLOW_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------
+def _local_secret_key() -> str:
+    """A per-checkout key kept under var/ (never committed) when SECRET_KEY is unset."""
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY") or _local_secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "accounts",
+    "routing",
+    "compression",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "tokenflow_site.errors.JsonErrorMiddleware",
+    "accounts.middleware.ApiKeyMiddleware",
+]
+
+ROOT_URLCONF = "tokenflow_site.urls"
+WSGI_APPLICATION = "tokenflow_site.wsgi.application"
+ASGI_APPLICATION = "tokenflow_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("TOKENFLOW_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
+
+
+# ---------------------------------------------------------------------------
+# Database: SQLite (WAL) by default, DATABASE_URL for PostgreSQL
+# ---------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get(
+            "TOKENFLOW_TEST_DB_NAME", "test_tokenflow"
+        )
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "tokenflow.sqlite3",
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+                ),
+            },
+            # A file (not :memory:) so live-server threads and worker processes share it.
+            "TEST": {"NAME": str(VAR_DIR / os.environ.get("TOKENFLOW_TEST_DB_NAME", "test_tokenflow.sqlite3"))},
+        }
+    }
+
+
+# ---------------------------------------------------------------------------
+# Channels and cache: in-memory by default, Redis with REDIS_URL
+# ---------------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": os.environ.get("TOKENFLOW_CACHE_PREFIX", "tokenflow"),
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+# ---------------------------------------------------------------------------
+# Security (HTTPS=1 behind a TLS-terminating proxy)
+# ---------------------------------------------------------------------------
+HTTPS = env_bool("HTTPS", False)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = 31536000 if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+
+# ---------------------------------------------------------------------------
+# REST framework and OpenAPI
+# ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Authentication is done by accounts.middleware.ApiKeyMiddleware for /api/ and /v1/.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "tokenflow_site.errors.drf_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TokenFlow API",
+    "DESCRIPTION": "LLM gateway: compression, classification, routing, streaming, batches.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+}
+
+
+# ---------------------------------------------------------------------------
+# TokenFlow: models and assets
+# ---------------------------------------------------------------------------
+TOKENFLOW_MODEL_DIR = Path(os.environ.get("TOKENFLOW_MODEL_DIR", VAR_DIR / "models"))
+TOKENFLOW_LOCAL_MODEL = os.environ.get("TOKENFLOW_LOCAL_MODEL", "")  # "" = converted SmolLM2
+TOKENFLOW_TOKENIZER_ENCODING = os.environ.get("TOKENFLOW_TOKENIZER_ENCODING", "cl100k_base")
+TOKENFLOW_MAX_INPUT_CHARS = int(os.environ.get("TOKENFLOW_MAX_INPUT_CHARS", 200_000))
+
+# ---------------------------------------------------------------------------
+# TokenFlow: providers (keys are read when a provider is used, not here)
+# ---------------------------------------------------------------------------
+TOKENFLOW_PROVIDERS = {
+    "mock": "routing.providers.mock.MockProvider",
+    "local": "routing.providers.local_hf.LocalHFProvider",
+    "openai": "routing.providers.openai_compat.OpenAICompatProvider",
+    "groq": "routing.providers.openai_compat.OpenAICompatProvider",
+    "openrouter": "routing.providers.openai_compat.OpenAICompatProvider",
+    "custom": "routing.providers.openai_compat.OpenAICompatProvider",
+}
+TOKENFLOW_PROVIDER_ENDPOINTS = {
+    "openai": {"base_url_env": "OPENAI_BASE_URL", "base_url": "https://api.openai.com/v1",
+               "key_env": "OPENAI_API_KEY"},
+    "groq": {"base_url": "https://api.groq.com/openai/v1", "key_env": "GROQ_API_KEY"},
+    "openrouter": {"base_url": "https://openrouter.ai/api/v1", "key_env": "OPENROUTER_API_KEY"},
+}
+TOKENFLOW_JSONL_LOG = os.environ.get("TOKENFLOW_JSONL_LOG", "")
+TOKENFLOW_MAX_OUTPUT_TOKENS = int(os.environ.get("TOKENFLOW_MAX_OUTPUT_TOKENS", 32768))
+TOKENFLOW_RETRY_ATTEMPTS = int(os.environ.get("TOKENFLOW_RETRY_ATTEMPTS", 3))
+TOKENFLOW_RETRY_BACKOFF = float(os.environ.get("TOKENFLOW_RETRY_BACKOFF", 0.5))
+TOKENFLOW_RETRY_MAX_DELAY = float(os.environ.get("TOKENFLOW_RETRY_MAX_DELAY", 20))
+# Background processes `manage.py runserver_all` (make serve) starts next to daphne.
+TOKENFLOW_SIDECARS: list[list[str]] = []
+
+# ---------------------------------------------------------------------------
+# TokenFlow: compression
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# TokenFlow: streaming transports and providers
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# TokenFlow: classification and routing
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# TokenFlow: fan-out pipelines and rate limits
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# TokenFlow: batch jobs
+# ---------------------------------------------------------------------------
