@@ -6,8 +6,14 @@ from accounts.models import ApiKey
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = [
-        "name", "prefix", "user", "requests_per_minute", "tokens_per_minute",
-        "created_at", "last_used_at", "revoked_at",
+        "name",
+        "prefix",
+        "user",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
     ]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
     search_fields = ["name", "prefix", "user__username"]
@@ -19,8 +25,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if change:
             return super().save_model(request, obj, form, change)
         key, raw = ApiKey.issue(
-            name=obj.name, user=obj.user,
-            requests_per_minute=obj.requests_per_minute, tokens_per_minute=obj.tokens_per_minute,
+            name=obj.name,
+            user=obj.user,
+            requests_per_minute=obj.requests_per_minute,
+            tokens_per_minute=obj.tokens_per_minute,
         )
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         self.message_user(request, f"New key (shown once): {raw}", messages.WARNING)

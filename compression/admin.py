@@ -7,8 +7,15 @@ from compression.models import Compression
 @admin.register(Compression)
 class CompressionAdmin(admin.ModelAdmin):
     list_display = [
-        "id", "engine", "original_tokens", "compressed_tokens", "ratio", "requested_ratio",
-        "skipped", "duration_ms", "created_at",
+        "id",
+        "engine",
+        "original_tokens",
+        "compressed_tokens",
+        "ratio",
+        "requested_ratio",
+        "skipped",
+        "duration_ms",
+        "created_at",
     ]
     list_filter = ["engine", "skipped", "created_at"]
     search_fields = ["original_text", "compressed_text", "question"]

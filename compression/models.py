@@ -6,7 +6,10 @@ from django.db.models import Q
 
 class Compression(models.Model):
     prompt = models.ForeignKey(
-        "routing.Prompt", null=True, blank=True, on_delete=models.CASCADE,
+        "routing.Prompt",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
         related_name="compressions",
     )
     api_key = models.ForeignKey(

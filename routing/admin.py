@@ -22,8 +22,15 @@ class CategoryRouteInline(admin.TabularInline):
 @admin.register(ModelRanking)
 class ModelRankingAdmin(admin.ModelAdmin):
     list_display = [
-        "name", "provider", "upstream_model", "rank", "enabled", "input_price_per_mtok",
-        "output_price_per_mtok", "context_window", "updated_at",
+        "name",
+        "provider",
+        "upstream_model",
+        "rank",
+        "enabled",
+        "input_price_per_mtok",
+        "output_price_per_mtok",
+        "context_window",
+        "updated_at",
     ]
     list_editable = ["rank", "enabled"]
     list_filter = ["provider", "enabled"]
@@ -56,8 +63,15 @@ class PromptAdmin(ReadOnlyAdmin):
 
 @admin.register(Classification)
 class ClassificationAdmin(ReadOnlyAdmin):
-    list_display = ["id", "top_category", "confidence", "engine", "multi_label", "duration_ms",
-                    "created_at"]
+    list_display = [
+        "id",
+        "top_category",
+        "confidence",
+        "engine",
+        "multi_label",
+        "duration_ms",
+        "created_at",
+    ]
     list_filter = ["top_category", "engine", "multi_label", "created_at"]
     search_fields = ["prompt__text", "top_category"]
     date_hierarchy = "created_at"
@@ -66,8 +80,16 @@ class ClassificationAdmin(ReadOnlyAdmin):
 @admin.register(Generation)
 class GenerationAdmin(ReadOnlyAdmin):
     list_display = [
-        "id", "model_name", "provider", "transport", "status", "prompt_tokens",
-        "completion_tokens", "ttft_ms", "duration_ms", "created_at",
+        "id",
+        "model_name",
+        "provider",
+        "transport",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "duration_ms",
+        "created_at",
     ]
     list_filter = ["status", "provider", "model_name", "transport", "created_at"]
     search_fields = ["output_text", "prompt__text", "model_name", "error_message"]

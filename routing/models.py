@@ -76,7 +76,9 @@ class ModelRanking(models.Model):
     class Meta:
         ordering = ["rank", "name"]
         constraints = [
-            models.CheckConstraint(condition=Q(context_window__gt=0), name="model_context_positive"),
+            models.CheckConstraint(
+                condition=Q(context_window__gt=0), name="model_context_positive"
+            ),
             models.CheckConstraint(
                 condition=Q(input_price_per_mtok__gte=0) & Q(output_price_per_mtok__gte=0),
                 name="model_prices_non_negative",
@@ -92,7 +94,9 @@ class CategoryRoute(models.Model):
 
     category = models.SlugField(max_length=100, db_index=True)
     description = models.CharField(
-        max_length=500, blank=True, help_text="What prompts of this category look like (classifier)."
+        max_length=500,
+        blank=True,
+        help_text="What prompts of this category look like (classifier).",
     )
     model = models.ForeignKey(ModelRanking, on_delete=models.CASCADE, related_name="routes")
     priority = models.IntegerField(default=100, help_text="Higher wins; lower ones are fallbacks.")
@@ -103,7 +107,9 @@ class CategoryRoute(models.Model):
     class Meta:
         ordering = ["category", "-priority"]
         constraints = [
-            models.UniqueConstraint(fields=["category", "model"], name="route_category_model_unique"),
+            models.UniqueConstraint(
+                fields=["category", "model"], name="route_category_model_unique"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,14 +9,20 @@ class ModelRankingSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelRanking
         fields = [
-            "id", "name", "provider", "upstream_model", "rank", "enabled",
-            "input_price_per_mtok", "output_price_per_mtok", "context_window", "description",
+            "id",
+            "name",
+            "provider",
+            "upstream_model",
+            "rank",
+            "enabled",
+            "input_price_per_mtok",
+            "output_price_per_mtok",
+            "context_window",
+            "description",
             "categories",
         ]
 
     def get_categories(self, obj) -> list[dict]:
         return [
-            {"category": r.category, "priority": r.priority}
-            for r in obj.routes.all()
-            if r.enabled
+            {"category": r.category, "priority": r.priority} for r in obj.routes.all() if r.enabled
         ]

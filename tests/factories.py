@@ -7,8 +7,9 @@ from routing.models import CategoryRoute, ModelRanking
 _seq = count(1)
 
 
-def mock_model(name: str | None = None, *, rank: int = 100, enabled: bool = True,
-               **options) -> ModelRanking:
+def mock_model(
+    name: str | None = None, *, rank: int = 100, enabled: bool = True, **options
+) -> ModelRanking:
     """A mock-provider model; `options` are MockProvider options (response, token_delay...)."""
     return ModelRanking.objects.create(
         name=name or f"mock/test-{next(_seq)}",
@@ -20,9 +21,18 @@ def mock_model(name: str | None = None, *, rank: int = 100, enabled: bool = True
     )
 
 
-def route(category: str, model: ModelRanking, *, priority: int = 100, description: str = "",
-          enabled: bool = True) -> CategoryRoute:
+def route(
+    category: str,
+    model: ModelRanking,
+    *,
+    priority: int = 100,
+    description: str = "",
+    enabled: bool = True,
+) -> CategoryRoute:
     return CategoryRoute.objects.create(
-        category=category, model=model, priority=priority, description=description,
+        category=category,
+        model=model,
+        priority=priority,
+        description=description,
         enabled=enabled,
     )

@@ -65,5 +65,5 @@ def test_converted_smollm2_knows_paris():
     )
     with torch.inference_mode():
         output = model.generate(inputs, max_new_tokens=20, do_sample=False)
-    answer = tokenizer.decode(output[0, inputs.shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(output[0, inputs.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

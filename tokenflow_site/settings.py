@@ -134,7 +134,11 @@ else:
                 ),
             },
             # A file (not :memory:) so live-server threads and worker processes share it.
-            "TEST": {"NAME": str(VAR_DIR / os.environ.get("TOKENFLOW_TEST_DB_NAME", "test_tokenflow.sqlite3"))},
+            "TEST": {
+                "NAME": str(
+                    VAR_DIR / os.environ.get("TOKENFLOW_TEST_DB_NAME", "test_tokenflow.sqlite3")
+                )
+            },
         }
     }
 
@@ -232,8 +236,11 @@ TOKENFLOW_PROVIDERS = {
     "custom": "routing.providers.openai_compat.OpenAICompatProvider",
 }
 TOKENFLOW_PROVIDER_ENDPOINTS = {
-    "openai": {"base_url_env": "OPENAI_BASE_URL", "base_url": "https://api.openai.com/v1",
-               "key_env": "OPENAI_API_KEY"},
+    "openai": {
+        "base_url_env": "OPENAI_BASE_URL",
+        "base_url": "https://api.openai.com/v1",
+        "key_env": "OPENAI_API_KEY",
+    },
     "groq": {"base_url": "https://api.groq.com/openai/v1", "key_env": "GROQ_API_KEY"},
     "openrouter": {"base_url": "https://openrouter.ai/api/v1", "key_env": "OPENROUTER_API_KEY"},
 }

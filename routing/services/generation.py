@@ -257,57 +257,112 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return min(delay, settings.TOKENFLOW_RETRY_MAX_DELAY)
 
 
-async def generation_run(
-    generation: Generation, *, extra: dict[str, Any] | None = None
+async def _stream_model(
+    generation: Generation,
+    model: ModelRanking,
+    extra: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    parts: list[str],
+    state: dict[str, Any],
 ) -> AsyncIterator[StreamEvent]:
-    """Stream a prepared Generation, persisting every state change.
-
-    Retries retryable provider errors before the first token only. A failure after it
-    ends with an `error` event and a failed row; closing the iterator (client gone,
-    cancel) persists the row as cancelled with its partial text and stops the upstream.
-    """
-    model = generation.model
+    """Stream one model, retrying retryable errors while no token has been sent."""
     provider = provider_for(model)
     request = ChatRequest(
         messages=generation.input_messages,
-        model=generation.upstream_model,
-        extra=extra or {},
+        model=model.upstream_model,
+        extra=extra,
         **generation.parameters,
     )
-    yield StreamEvent("metadata", metadata_for(generation))
-    started = time.monotonic()
-    parts: list[str] = []
-    usage: dict[str, int] | None = None
-    finish_reason = "stop"
-    attempts: list[dict[str, Any]] = []
     max_attempts = settings.TOKENFLOW_RETRY_ATTEMPTS
+    for attempt in range(1, max_attempts + 1):
+        try:
+            provider.check_ready()
+            async with aclosing(provider.stream(request)) as chunks:
+                async for chunk in chunks:
+                    if chunk.info:
+                        yield StreamEvent("info", chunk.info)
+                    if chunk.text:
+                        if not parts:
+                            generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
+                            generation.status = Generation.Status.STREAMING
+                            await sync_to_async(generation.save)(
+                                update_fields=[
+                                    "status",
+                                    "ttft_ms",
+                                    "started_at",
+                                    "model",
+                                    "model_name",
+                                    "provider",
+                                    "upstream_model",
+                                ]
+                            )
+                        parts.append(chunk.text)
+                        yield StreamEvent("text", {"text": chunk.text})
+                    if chunk.finish_reason:
+                        state["finish_reason"] = chunk.finish_reason
+                    if chunk.usage:
+                        state["usage"] = chunk.usage
+            return
+        except ProviderError as exc:
+            attempts.append(
+                {"model": model.name, "attempt": attempt, "code": exc.code, "error": exc.message}
+            )
+            if parts or not exc.retryable or attempt == max_attempts:
+                raise
+            await asyncio.sleep(_backoff(attempt, exc.retry_after))
+
+
+def _use_model(generation: Generation, model: ModelRanking) -> None:
+    generation.model = model
+    generation.model_name = model.name
+    generation.provider = model.provider
+    generation.upstream_model = model.upstream_model
+
+
+async def generation_run(
+    generation: Generation,
+    *,
+    extra: dict[str, Any] | None = None,
+    fallbacks: list[ModelRanking] | None = None,
+) -> AsyncIterator[StreamEvent]:
+    """Stream a prepared Generation, persisting every state change.
+
+    Retries retryable provider errors before the first token only; then, still before
+    the first token, moves on to the next of `fallbacks` (an `info` event says so). A
+    failure after the first token ends with an `error` event and a failed row; closing
+    the iterator (client gone, cancel) persists the row as cancelled with its partial
+    text and stops the upstream call.
+    """
+    yield StreamEvent("metadata", metadata_for(generation))
+    state: dict[str, Any] = {"started": time.monotonic(), "finish_reason": "stop", "usage": None}
+    started = state["started"]
+    parts: list[str] = []
+    attempts: list[dict[str, Any]] = []
+    candidates = [generation.model, *(fallbacks or [])]
     generation.started_at = timezone.now()
     try:
-        for attempt in range(1, max_attempts + 1):
+        for index, model in enumerate(candidates):
             try:
-                async with aclosing(provider.stream(request)) as chunks:
-                    async for chunk in chunks:
-                        if chunk.info:
-                            yield StreamEvent("info", chunk.info)
-                        if chunk.text:
-                            if not parts:
-                                generation.ttft_ms = (time.monotonic() - started) * 1000
-                                generation.status = Generation.Status.STREAMING
-                                await sync_to_async(generation.save)(
-                                    update_fields=["status", "ttft_ms", "started_at"]
-                                )
-                            parts.append(chunk.text)
-                            yield StreamEvent("text", {"text": chunk.text})
-                        if chunk.finish_reason:
-                            finish_reason = chunk.finish_reason
-                        if chunk.usage:
-                            usage = chunk.usage
+                async for event in _stream_model(
+                    generation, model, extra or {}, attempts, parts, state
+                ):
+                    yield event
                 break
             except ProviderError as exc:
-                attempts.append({"attempt": attempt, "error": exc.message, "code": exc.code})
-                if parts or not exc.retryable or attempt == max_attempts:
+                if parts or index == len(candidates) - 1 or exc.status in (400, 401, 403, 404):
                     raise
-                await asyncio.sleep(_backoff(attempt, exc.retry_after))
+                _use_model(generation, candidates[index + 1])
+                yield StreamEvent(
+                    "info",
+                    {
+                        "fallback": {
+                            "from": model.name,
+                            "to": generation.model_name,
+                            "reason": exc.message,
+                            "code": exc.code,
+                        }
+                    },
+                )
     except ProviderError as exc:
         await sync_to_async(_finish)(
             generation,
@@ -320,8 +375,13 @@ async def generation_run(
         )
         yield StreamEvent(
             "error",
-            {"message": exc.message, "code": exc.code, "status": exc.status,
-             "retry_after": exc.retry_after, "generation_id": generation.pk},
+            {
+                "message": exc.message,
+                "code": exc.code,
+                "status": exc.status,
+                "retry_after": exc.retry_after,
+                "generation_id": generation.pk,
+            },
         )
         return
     except (GeneratorExit, asyncio.CancelledError):
@@ -349,10 +409,16 @@ async def generation_run(
             duration_ms=(time.monotonic() - started) * 1000,
         )
         yield StreamEvent(
-            "error", {"message": "Internal error during generation.", "code": "internal_error",
-                      "status": 500, "generation_id": generation.pk}
+            "error",
+            {
+                "message": "Internal error during generation.",
+                "code": "internal_error",
+                "status": 500,
+                "generation_id": generation.pk,
+            },
         )
         return
+    finish_reason, usage = state["finish_reason"], state["usage"]
     text = "".join(parts)
     usage = usage or {}
     prompt_tokens = usage.get("prompt_tokens") or count_message_tokens(generation.input_messages)
@@ -384,10 +450,13 @@ async def generation_run(
 
 
 async def generation_complete(
-    generation: Generation, *, extra: dict[str, Any] | None = None
+    generation: Generation,
+    *,
+    extra: dict[str, Any] | None = None,
+    fallbacks: list[ModelRanking] | None = None,
 ) -> Generation:
     """Run a generation to its end without streaming (agents, batch items)."""
-    async with aclosing(generation_run(generation, extra=extra)) as events:
+    async with aclosing(generation_run(generation, extra=extra, fallbacks=fallbacks)) as events:
         async for _event in events:
             pass
     return generation

@@ -30,8 +30,7 @@ def test_model_name_is_unique():
 
 def test_context_window_must_be_positive():
     with pytest.raises(IntegrityError), transaction.atomic():
-        ModelRanking.objects.create(name="x", provider="mock", upstream_model="x",
-                                    context_window=0)
+        ModelRanking.objects.create(name="x", provider="mock", upstream_model="x", context_window=0)
 
 
 def test_confidence_must_be_a_probability():

@@ -23,9 +23,11 @@ class Command(BaseCommand):
     def handle(self, *args, port, **options):
         call_command("seed_routing", verbosity=0)
         path = settings.VAR_DIR / CREDENTIALS_FILE
-        saved = dict(
-            line.split("=", 1) for line in path.read_text().splitlines() if "=" in line
-        ) if path.exists() else {}
+        saved = (
+            dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+            if path.exists()
+            else {}
+        )
         user_model = get_user_model()
         username = os.environ.get("TOKENFLOW_ADMIN_USER", "admin")
         password = saved.get("password") or os.environ.get("TOKENFLOW_ADMIN_PASSWORD")
@@ -50,6 +52,6 @@ class Command(BaseCommand):
             "Try it:\n"
             f"  curl -N {base}/api/generate -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\": \"local/smollm2-135m-instruct\", "
-            "\"prompt\": \"What is the capital of France?\"}'\n"
+            '-d \'{"model": "local/smollm2-135m-instruct", '
+            '"prompt": "What is the capital of France?"}\'\n'
         )

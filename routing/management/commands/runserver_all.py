@@ -17,8 +17,16 @@ class Command(BaseCommand):
     def handle(self, *args, port, host, **options):
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         commands = [
-            [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
-             "tokenflow_site.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                host,
+                "-p",
+                str(port),
+                "tokenflow_site.asgi:application",
+            ],
             *[manage + list(sidecar) for sidecar in settings.TOKENFLOW_SIDECARS],
         ]
         processes = [subprocess.Popen(command) for command in commands]
