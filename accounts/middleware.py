@@ -1,8 +1,10 @@
-"""Bearer API-key auth for /api/ and /v1/ (sync and async), with JSON 401s."""
+"""Bearer API-key auth for /api/ and /v1/ (sync and async), with JSON 401s, plus the
+per-key rate limit (429 with Retry-After and X-RateLimit-* headers)."""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
 
+from accounts.ratelimit import rate_limit_hit
 from accounts.selectors import api_key_authenticate
 from tokenflow_site.errors import json_error
 
@@ -19,7 +21,7 @@ def bearer_token(header: str) -> str | None:
 
 def _authenticate(request: HttpRequest) -> HttpResponse | None:
     """Set request.api_key, or return the 401 response. Staff sessions are accepted too."""
-    request.api_key = None
+    request.api_key, request.rate_limit = None, None
     if not request.path.startswith(PROTECTED_PREFIXES) or request.path.startswith(PUBLIC_PATHS):
         return None
     header = request.headers.get("Authorization", "")
@@ -35,7 +37,26 @@ def _authenticate(request: HttpRequest) -> HttpResponse | None:
     if key is None:
         return json_error("Invalid or revoked API key.", code="unauthorized", status=401)
     request.api_key = key
-    return None
+    return _rate_limit(request)
+
+
+def _rate_limit(request: HttpRequest) -> HttpResponse | None:
+    """Count the request against its key's limits; the 429 response when over them."""
+    decision = rate_limit_hit(api_key=request.api_key)
+    request.rate_limit = decision
+    if decision is None or decision.allowed:
+        return None
+    return json_error(
+        decision.message(), code="rate_limited", status=429, retry_after=decision.retry_after
+    )
+
+
+def _with_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    decision = getattr(request, "rate_limit", None)
+    if decision is not None:
+        for name, value in decision.headers().items():
+            response[name] = value
+    return response
 
 
 class ApiKeyMiddleware:
@@ -50,12 +71,12 @@ class ApiKeyMiddleware:
     def __call__(self, request: HttpRequest):
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        return _authenticate(request) or self.get_response(request)
+        return _with_headers(request, _authenticate(request) or self.get_response(request))
 
     async def __acall__(self, request: HttpRequest):
         if request.path.startswith(PROTECTED_PREFIXES):
             # request.user is lazy and hits the DB, so resolve everything in one thread hop.
             denied = await sync_to_async(_authenticate)(request)
         else:
-            request.api_key, denied = None, None
-        return denied or await self.get_response(request)
+            request.api_key, request.rate_limit, denied = None, None, None
+        return _with_headers(request, denied or await self.get_response(request))

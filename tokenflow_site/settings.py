@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "accounts",
     "routing",
     "compression",
+    "pipelines",
 ]
 
 MIDDLEWARE = [
@@ -267,6 +268,16 @@ TOKENFLOW_SIDECARS: list[list[str]] = []
 # ---------------------------------------------------------------------------
 # TokenFlow: fan-out pipelines and rate limits
 # ---------------------------------------------------------------------------
+TOKENFLOW_DEFAULT_PIPELINE = os.environ.get("TOKENFLOW_DEFAULT_PIPELINE", "default")
+TOKENFLOW_PROCESS_MAX_MESSAGE_CHARS = int(
+    os.environ.get("TOKENFLOW_PROCESS_MAX_MESSAGE_CHARS", 20_000)
+)
+# A run still "running" this long after its pipeline deadline is considered abandoned
+# (its process died) and the same message_id may run again.
+TOKENFLOW_PROCESS_STALE_GRACE = float(os.environ.get("TOKENFLOW_PROCESS_STALE_GRACE", 60))
+# Per-key defaults (ApiKey.requests_per_minute / tokens_per_minute override); 0 = unlimited.
+TOKENFLOW_RATE_LIMIT_RPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RPM", 0))
+TOKENFLOW_RATE_LIMIT_TPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_TPM", 0))
 
 # ---------------------------------------------------------------------------
 # TokenFlow: batch jobs

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from accounts.ratelimit import rate_limit_add_tokens
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError
 from routing.providers.registry import provider_for
@@ -209,6 +210,10 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(generation, name, value)
     generation.save()
+    rate_limit_add_tokens(
+        api_key_id=generation.api_key_id,
+        tokens=(generation.prompt_tokens or 0) + (generation.completion_tokens or 0),
+    )
     _jsonl_log(generation)
 
 
