@@ -31,3 +31,14 @@ def staff_client(client, django_user_model):
     )
     client.force_login(user)
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_executor_connections(django_db_setup):
+    """Async tests reach the DB from asgiref's executor thread; close that connection
+    before the test database is dropped (PostgreSQL refuses to drop a database in use)."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
