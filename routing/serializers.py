@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from routing.models import ModelRanking
+from routing.models import Classification, ModelRanking
 
 
 class ModelRankingSerializer(serializers.ModelSerializer):
@@ -25,4 +25,23 @@ class ModelRankingSerializer(serializers.ModelSerializer):
     def get_categories(self, obj) -> list[dict]:
         return [
             {"category": r.category, "priority": r.priority} for r in obj.routes.all() if r.enabled
+        ]
+
+
+class ClassificationSerializer(serializers.ModelSerializer):
+    prompt = serializers.CharField(source="prompt.text", default=None, read_only=True)
+
+    class Meta:
+        model = Classification
+        fields = [
+            "id",
+            "top_category",
+            "confidence",
+            "scores",
+            "engine",
+            "multi_label",
+            "categories",
+            "duration_ms",
+            "prompt",
+            "created_at",
         ]

@@ -1,0 +1,145 @@
+"""Embedding-similarity zero-shot classifier (default, offline): all-MiniLM-L6-v2.
+
+The prompt and each category text ("label: description", or the bare label) are
+mean-pooled, L2-normalised MiniLM embeddings; cosine similarities become calibrated
+scores: a softmax with a temperature (single-label, sums to 1) or an independent
+sigmoid around a threshold (multi-label).
+"""
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from django.conf import settings
+
+from routing.classifiers.base import Category, Classifier, ClassifierResult
+from routing.classifiers.cache import routes_version
+
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256-token windows
+CACHE_SIZE = 4096
+
+
+def category_text(category: Category) -> str:
+    """What a category is embedded as: its humanised label, plus its description."""
+    label = category.label.replace("-", " ").replace("_", " ").strip()
+    return f"{label}: {category.description.strip()}" if category.description.strip() else label
+
+
+def softmax(values: np.ndarray, temperature: float) -> np.ndarray:
+    scaled = values / temperature
+    scaled -= scaled.max()
+    exp = np.exp(scaled)
+    return exp / exp.sum()
+
+
+def sigmoid(values: np.ndarray, threshold: float, temperature: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(values - threshold) / temperature))
+
+
+class EmbeddingClassifier(Classifier):
+    engine = "embedding"
+
+    def __init__(self, *, model: str = "") -> None:
+        super().__init__(model=model)
+        self._load_lock = threading.Lock()
+        # Fast tokenizers are not safe for concurrent calls; inference is serialised too
+        # (2 cores: parallel forward passes would only fight for them).
+        self._run_lock = threading.Lock()
+        self._tokenizer = None
+        self._model = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_version: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model or "all-MiniLM-L6-v2"
+
+    @property
+    def engine_name(self) -> str:
+        return f"embedding:{self.model_name.rstrip('/').rsplit('/', 1)[-1]}"
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is not None:
+                return
+            # torch/transformers are heavy: imported on first use, not at Django start-up.
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+
+            from tokenflow_site.assets import minilm_path
+
+            path = self.model or str(minilm_path())
+            if settings.TOKENFLOW_CLASSIFIER_THREADS > 0:
+                torch.set_num_threads(settings.TOKENFLOW_CLASSIFIER_THREADS)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            # fp32: on this CPU bf16 MiniLM is ~3x slower (bench/classification.py).
+            model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+            self._tokenizer = tokenizer
+            self._model = model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings, one row per text."""
+        import torch
+
+        self.load()
+        with self._run_lock, torch.inference_mode():
+            batch = self._tokenizer(
+                texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            )
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return pooled.numpy()
+
+    def category_embeddings(self, categories: list[Category]) -> np.ndarray:
+        """Cached embeddings of the category texts (dropped when the routing table changes)."""
+        version = routes_version()
+        if version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = version
+        texts = [category_text(c) for c in categories]
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for text, vector in zip(missing, self.embed(missing), strict=True):
+                self._cache[text] = vector
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return np.stack(rows)
+
+    def similarities(self, prompts: list[str], categories: list[Category]) -> np.ndarray:
+        """Cosine similarity matrix, prompts x categories."""
+        labels = self.category_embeddings(categories)
+        return self.embed(prompts) @ labels.T
+
+    def scores_from(self, sims: np.ndarray, *, multi_label: bool) -> np.ndarray:
+        temperature = settings.TOKENFLOW_CLASSIFIER_TEMPERATURE
+        if multi_label:
+            return sigmoid(sims, settings.TOKENFLOW_CLASSIFIER_THRESHOLD, temperature)
+        return softmax(sims, temperature)
+
+    def classify(
+        self, prompt: str, categories: list[Category], *, multi_label: bool = False
+    ) -> ClassifierResult:
+        return self.classify_many([prompt], categories, multi_label=multi_label)[0]
+
+    def classify_many(
+        self, prompts: list[str], categories: list[Category], *, multi_label: bool = False
+    ) -> list[ClassifierResult]:
+        """One forward pass for several prompts (benchmarks, batch jobs)."""
+        sims = self.similarities(prompts, categories)
+        results = []
+        for row in sims:
+            scores = self.scores_from(row, multi_label=multi_label)
+            results.append(
+                ClassifierResult(
+                    [(c.label, float(s)) for c, s in zip(categories, scores, strict=True)]
+                )
+            )
+        return results
