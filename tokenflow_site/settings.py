@@ -269,9 +269,9 @@ TOKENFLOW_CLASSIFIER = os.environ.get("TOKENFLOW_CLASSIFIER", "embedding")
 # Model path or hub id; "" = all-MiniLM-L6-v2 (embedding) / facebook/bart-large-mnli (nli).
 TOKENFLOW_CLASSIFIER_MODEL = os.environ.get("TOKENFLOW_CLASSIFIER_MODEL", "")
 # Softmax temperature over cosine similarities (single-label) and sigmoid scale (multi-label).
-TOKENFLOW_CLASSIFIER_TEMPERATURE = float(os.environ.get("TOKENFLOW_CLASSIFIER_TEMPERATURE", 0.05))
+TOKENFLOW_CLASSIFIER_TEMPERATURE = float(os.environ.get("TOKENFLOW_CLASSIFIER_TEMPERATURE", 0.03))
 # Cosine similarity that maps to a 0.5 multi-label score.
-TOKENFLOW_CLASSIFIER_THRESHOLD = float(os.environ.get("TOKENFLOW_CLASSIFIER_THRESHOLD", 0.3))
+TOKENFLOW_CLASSIFIER_THRESHOLD = float(os.environ.get("TOKENFLOW_CLASSIFIER_THRESHOLD", 0.2))
 # Torch intra-op threads for the classifier (0 = leave torch's default).
 TOKENFLOW_CLASSIFIER_THREADS = int(os.environ.get("TOKENFLOW_CLASSIFIER_THREADS", 0))
 TOKENFLOW_MAX_CATEGORIES = int(os.environ.get("TOKENFLOW_MAX_CATEGORIES", 20))
