@@ -45,3 +45,15 @@ class ClassificationSerializer(serializers.ModelSerializer):
             "prompt",
             "created_at",
         ]
+
+
+class ClassifyRequestSerializer(serializers.Serializer):
+    """The body of POST /api/classify (documentation; the service validates)."""
+
+    prompt = serializers.CharField()
+    possible_categories = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text='Labels, or {"name", "description"} objects; default: the routing table.',
+    )
+    multi_label = serializers.BooleanField(required=False, default=False)

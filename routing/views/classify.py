@@ -1,12 +1,13 @@
 """POST /api/classify and reading classifications back."""
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing.models import Classification
-from routing.serializers import ClassificationSerializer
+from routing.serializers import ClassificationSerializer, ClassifyRequestSerializer
 from routing.services.classification import classification_create
 from tokenflow_site.errors import ApiError
 
@@ -20,6 +21,7 @@ def _data(request: Request) -> dict:
 class ClassifyView(APIView):
     """`{prompt, possible_categories?, multi_label?}` -> the persisted Classification."""
 
+    @extend_schema(request=ClassifyRequestSerializer, responses={201: ClassificationSerializer})
     def post(self, request: Request) -> Response:
         data = _data(request)
         classification = classification_create(
