@@ -13,6 +13,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,17 @@ def main() -> None:
                 )
             )
             say(f"  throughput, batches of {batch}: {len(texts) / spent * 1000:.0f} prompts/s")
+        for max_batch in (1, 16):
+            settings.TOKENFLOW_CLASSIFIER_MAX_BATCH = max_batch
+            with ThreadPoolExecutor(8) as pool:
+                started = time.perf_counter()
+                list(pool.map(lambda t: classifier.classify(t, with_descriptions), texts * 2))
+                spent = time.perf_counter() - started
+            label = "off" if max_batch == 1 else f"up to {max_batch}"
+            say(
+                f"  throughput, 8 concurrent callers, request batching {label}: "
+                f"{len(texts) * 2 / spent:.0f} prompts/s"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

@@ -274,6 +274,8 @@ TOKENFLOW_CLASSIFIER_TEMPERATURE = float(os.environ.get("TOKENFLOW_CLASSIFIER_TE
 TOKENFLOW_CLASSIFIER_THRESHOLD = float(os.environ.get("TOKENFLOW_CLASSIFIER_THRESHOLD", 0.2))
 # Torch intra-op threads for the classifier (0 = leave torch's default).
 TOKENFLOW_CLASSIFIER_THREADS = int(os.environ.get("TOKENFLOW_CLASSIFIER_THREADS", 0))
+# Concurrent classifications share one forward pass, up to this many prompts (1 = off).
+TOKENFLOW_CLASSIFIER_MAX_BATCH = int(os.environ.get("TOKENFLOW_CLASSIFIER_MAX_BATCH", 16))
 TOKENFLOW_MAX_CATEGORIES = int(os.environ.get("TOKENFLOW_MAX_CATEGORIES", 20))
 # Used when a category has no route, and as the last fallback of every route.
 TOKENFLOW_DEFAULT_MODEL = os.environ.get("TOKENFLOW_DEFAULT_MODEL", "local/smollm2-135m-instruct")

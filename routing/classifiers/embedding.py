@@ -12,6 +12,7 @@ temperature (single-label, sums to 1) or an independent sigmoid around a thresho
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 
 import numpy as np
 from django.conf import settings
@@ -59,6 +60,8 @@ class EmbeddingClassifier(Classifier):
         # Fast tokenizers are not safe for concurrent calls; inference is serialised too
         # (2 cores: parallel forward passes would only fight for them).
         self._run_lock = threading.Lock()
+        self._pending: list[tuple[str, Future]] = []
+        self._pending_lock = threading.Lock()
         self._tokenizer = None
         self._model = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -96,10 +99,14 @@ class EmbeddingClassifier(Classifier):
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, L2-normalised embeddings, one row per text."""
+        self.load()
+        with self._run_lock:
+            return self._forward(texts)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        self.load()
-        with self._run_lock, torch.inference_mode():
+        with torch.inference_mode():
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
             )
@@ -108,6 +115,35 @@ class EmbeddingClassifier(Classifier):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
         return pooled.numpy()
+
+    def embed_prompt(self, text: str) -> np.ndarray:
+        """One prompt's embedding, batched with the prompts of concurrent requests.
+
+        No timer and no thread: a caller queues its prompt, then whoever holds the model
+        lock runs every queued prompt (up to TOKENFLOW_CLASSIFIER_MAX_BATCH) in one
+        forward pass; callers whose prompt was in it just take their row. Prompts pile
+        up exactly while the model is busy, so batching costs an idle server nothing.
+        """
+        self.load()
+        future: Future[np.ndarray] = Future()
+        with self._pending_lock:
+            self._pending.append((text, future))
+        limit = max(1, settings.TOKENFLOW_CLASSIFIER_MAX_BATCH)
+        while not future.done():
+            with self._run_lock:
+                if future.done():
+                    break
+                with self._pending_lock:
+                    batch, self._pending = self._pending[:limit], self._pending[limit:]
+                try:
+                    vectors = self._forward([queued for queued, _ in batch])
+                except Exception as exc:  # every caller in the batch gets it
+                    for _, waiting in batch:
+                        waiting.set_exception(exc)
+                    continue
+                for (_, waiting), vector in zip(batch, vectors, strict=True):
+                    waiting.set_result(vector)
+        return future.result()
 
     def _cached(self, texts: list[str]) -> list[np.ndarray]:
         """Embeddings of category texts, computed once (dropped when the routing table
@@ -136,7 +172,11 @@ class EmbeddingClassifier(Classifier):
         """prompts x categories: mean of the whole-text cosine and the best clause's."""
         pieces = [category_texts(c) for c in categories]
         vectors = self._cached([text for texts in pieces for text in texts])
-        sims = self.embed(prompts) @ np.stack(vectors).T
+        if len(prompts) == 1:
+            embedded = self.embed_prompt(prompts[0])[None, :]
+        else:
+            embedded = self.embed(prompts)
+        sims = embedded @ np.stack(vectors).T
         columns, start = [], 0
         for texts in pieces:
             block = sims[:, start : start + len(texts)]

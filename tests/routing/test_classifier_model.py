@@ -1,6 +1,8 @@
 """The default MiniLM classifier on real prompts, its calibration, and cache invalidation."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.cache import cache
@@ -112,3 +114,31 @@ def test_a_version_change_from_another_process_drops_the_cache(minilm):
     minilm.classify("hello", [Category("a"), Category("b")])
     assert minilm._cache_version == "changed-by-another-process"
     assert set(minilm._cache) == {"a", "b"}
+
+
+def test_concurrent_classifications_are_batched_with_the_same_results(minilm):
+    prompts = [f"Question {i}: translate 'cat number {i}' into French" for i in range(12)]
+    prompts += [f"Solve {i} + {i} * 3 step by step" for i in range(12)]
+    alone = {p: minilm.classify(p, SEED).scores for p in prompts}
+    barrier = threading.Barrier(len(prompts))
+    forward = minilm._forward
+    sizes: list[int] = []
+
+    def counting_forward(texts):
+        sizes.append(len(texts))
+        return forward(texts)
+
+    def run(prompt):
+        barrier.wait(timeout=60)
+        return prompt, minilm.classify(prompt, SEED).scores
+
+    minilm._forward = counting_forward
+    try:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = dict(pool.map(run, prompts))
+    finally:
+        del minilm._forward
+    for prompt, scores in alone.items():
+        for (label, score), (other_label, other) in zip(scores, together[prompt], strict=True):
+            assert label == other_label and other == pytest.approx(score, abs=1e-4)
+    assert sum(sizes) == len(prompts) and max(sizes) > 1  # some prompts shared a pass
