@@ -121,10 +121,13 @@ def main() -> None:
     for threads in sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
         timed(lambda: classifier.classify(prompt, with_descriptions), 10)  # warm-up
+        cpu_started = time.process_time()
         times = timed(lambda: classifier.classify(prompt, with_descriptions), 100)
+        cpu_ms = (time.process_time() - cpu_started) * 1000 / 100
         say(
             f"latency, 1 prompt x 6 categories, {threads} thread(s): p50 "
-            f"{statistics.median(times):.1f} ms, p90 {sorted(times)[89]:.1f} ms"
+            f"{statistics.median(times):.1f} ms, p90 {sorted(times)[89]:.1f} ms "
+            f"(CPU time {cpu_ms:.1f} ms per call; load average {os.getloadavg()[0]:.1f})"
         )
         sequential = sum(
             timed(lambda: [classifier.classify(t, with_descriptions) for t in texts], 1)
