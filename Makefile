@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: assets
 
 bench-fanout: install
 	$(PY) bench/fanout.py
+
+bench-classify: assets
+	$(PY) bench/classification.py
 
 clean:
 	rm -rf $(VENV) var

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from routing.models import ModelRanking
+from routing.models import Classification, ModelRanking
 
 
 class ModelRankingSerializer(serializers.ModelSerializer):
@@ -26,3 +26,34 @@ class ModelRankingSerializer(serializers.ModelSerializer):
         return [
             {"category": r.category, "priority": r.priority} for r in obj.routes.all() if r.enabled
         ]
+
+
+class ClassificationSerializer(serializers.ModelSerializer):
+    prompt = serializers.CharField(source="prompt.text", default=None, read_only=True)
+
+    class Meta:
+        model = Classification
+        fields = [
+            "id",
+            "top_category",
+            "confidence",
+            "scores",
+            "engine",
+            "multi_label",
+            "categories",
+            "duration_ms",
+            "prompt",
+            "created_at",
+        ]
+
+
+class ClassifyRequestSerializer(serializers.Serializer):
+    """The body of POST /api/classify (documentation; the service validates)."""
+
+    prompt = serializers.CharField()
+    possible_categories = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text='Labels, or {"name", "description"} objects; default: the routing table.',
+    )
+    multi_label = serializers.BooleanField(required=False, default=False)

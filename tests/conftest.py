@@ -34,11 +34,12 @@ def staff_client(client, django_user_model):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_executor_connections(django_db_setup):
+def _close_executor_connections(django_db_setup, django_db_blocker):
     """Async tests reach the DB from asgiref's executor thread; close that connection
     before the test database is dropped (PostgreSQL refuses to drop a database in use)."""
     yield
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+    with django_db_blocker.unblock():
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)

@@ -264,6 +264,23 @@ TOKENFLOW_SIDECARS: list[list[str]] = []
 # ---------------------------------------------------------------------------
 # TokenFlow: classification and routing
 # ---------------------------------------------------------------------------
+# "embedding" (MiniLM similarity, offline default), "nli" (transformers zero-shot pipeline)
+# or a dotted path to a routing.classifiers.base.Classifier subclass.
+TOKENFLOW_CLASSIFIER = os.environ.get("TOKENFLOW_CLASSIFIER", "embedding")
+# Model path or hub id; "" = all-MiniLM-L6-v2 (embedding) / facebook/bart-large-mnli (nli).
+TOKENFLOW_CLASSIFIER_MODEL = os.environ.get("TOKENFLOW_CLASSIFIER_MODEL", "")
+# Softmax temperature over cosine similarities (single-label) and sigmoid scale (multi-label).
+TOKENFLOW_CLASSIFIER_TEMPERATURE = float(os.environ.get("TOKENFLOW_CLASSIFIER_TEMPERATURE", 0.03))
+# Cosine similarity that maps to a 0.5 multi-label score.
+TOKENFLOW_CLASSIFIER_THRESHOLD = float(os.environ.get("TOKENFLOW_CLASSIFIER_THRESHOLD", 0.2))
+# Torch intra-op threads for the classifier (0 = leave torch's default).
+TOKENFLOW_CLASSIFIER_THREADS = int(os.environ.get("TOKENFLOW_CLASSIFIER_THREADS", 0))
+# Concurrent classifications share one forward pass, up to this many prompts (1 = off).
+TOKENFLOW_CLASSIFIER_MAX_BATCH = int(os.environ.get("TOKENFLOW_CLASSIFIER_MAX_BATCH", 16))
+TOKENFLOW_MAX_CATEGORIES = int(os.environ.get("TOKENFLOW_MAX_CATEGORIES", 20))
+# Used when a category has no route, and as the last fallback of every route.
+TOKENFLOW_DEFAULT_MODEL = os.environ.get("TOKENFLOW_DEFAULT_MODEL", "local/smollm2-135m-instruct")
+
 
 # ---------------------------------------------------------------------------
 # TokenFlow: fan-out pipelines and rate limits

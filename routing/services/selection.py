@@ -1,0 +1,205 @@
+"""Automatic model selection: classify the prompt, route the category, stream with fallbacks.
+
+Used by POST /api/models/select and by /v1/chat/completions with `model: "auto"`:
+
+    selection = await model_select(messages=messages, api_key=key, source="openai")
+    generation = await selection_prepare(selection, params=params, transport="openai")
+    events = selection_stream(selection, generation)   # first event: metadata + selection
+    headers = {"x-tokenflow-route": selection.header()}
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from asgiref.sync import sync_to_async
+
+from accounts.models import ApiKey
+from routing.models import Classification, Generation, ModelRanking, Prompt
+from routing.providers.base import ProviderError
+from routing.providers.registry import provider_for
+from routing.services.classification import classification_acreate
+from routing.services.generation import (
+    GenerationParams,
+    StreamEvent,
+    generation_prepare,
+    generation_run,
+    prompt_text,
+)
+from routing.services.routes import RouteInfo, route_select
+from tokenflow_site.errors import ApiError
+
+ROUTE_HEADER = "x-tokenflow-route"
+
+
+@dataclass
+class Selection:
+    """The classification, the chosen model, its ready fallbacks and why."""
+
+    classification: Classification
+    model: ModelRanking
+    fallbacks: list[ModelRanking]
+    route: RouteInfo
+    # Route candidates whose provider cannot serve (missing key, ...), in route order.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        """Merged into the first `metadata` event of the stream."""
+        c = self.classification
+        return {
+            "selected_model": self.model.name,
+            "top_category": c.top_category,
+            "confidence": c.confidence,
+            "scores": c.scores,
+            "classification_id": c.pk,
+            "engine": c.engine,
+            "route": self.route.as_dict(),
+            "fallbacks": [m.name for m in self.fallbacks],
+            "skipped": self.skipped,
+        }
+
+    def header(self) -> str:
+        """The `x-tokenflow-route` header: `category=..;model=..;confidence=..;routed=..`."""
+        parts = {
+            "category": self.classification.top_category,
+            "model": self.model.name,
+            "confidence": f"{self.classification.confidence:.4f}",
+            "routed": "true" if self.route.routed else "false",
+            "classification": str(self.classification.pk),
+        }
+        return ";".join(f"{key}={quote(value, safe='/.-_')}" for key, value in parts.items())
+
+
+def _ready(model: ModelRanking) -> dict[str, Any] | None:
+    """None if the model's provider can serve, else why not."""
+    try:
+        provider_for(model).check_ready()
+    except ProviderError as exc:
+        return {"model": model.name, "code": exc.code, "reason": exc.message}
+    except ImportError as exc:
+        return {"model": model.name, "code": "provider_unavailable", "reason": str(exc)}
+    return None
+
+
+def _route(category: str) -> tuple[ModelRanking, list[ModelRanking], RouteInfo, list[dict]]:
+    """route_select, keeping only models whose provider is ready (no network call)."""
+    model, fallbacks, info = route_select(category)
+    ready: list[ModelRanking] = []
+    skipped: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # skipped models waiting for the next ready one
+    for candidate in [model, *fallbacks]:
+        problem = _ready(candidate)
+        if problem:
+            skipped.append(problem)
+            pending.append(problem)
+            continue
+        ready.append(candidate)
+        for skip in pending:
+            skip["to"] = candidate.name
+        pending = []
+    if not ready:
+        reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
+        raise ApiError(
+            f"No model of the route for {category!r} can serve: {reasons}",
+            code="no_model_available",
+            status=503,
+            extra={"skipped": skipped},
+        )
+    return ready[0], ready[1:], info, skipped
+
+
+async def model_select(
+    *,
+    messages: list[dict[str, str]],
+    possible_categories: Any = None,
+    api_key: ApiKey | None = None,
+    source: str = Prompt.Source.API,
+) -> Selection:
+    """Classify the last user message (persisted, with its Prompt) and route its top
+    category. Raises ApiError: 400 bad categories, 503 no model enabled / ready."""
+    classification = await classification_acreate(
+        prompt=prompt_text(messages),
+        possible_categories=possible_categories,
+        api_key=api_key,
+        source=source,
+        messages=messages,
+    )
+    model, fallbacks, info, skipped = await sync_to_async(_route)(classification.top_category)
+    return Selection(classification, model, fallbacks, info, skipped)
+
+
+async def selection_prepare(
+    selection: Selection,
+    *,
+    params: GenerationParams,
+    transport: str,
+    messages: list[dict[str, str]] | None = None,
+    compression=None,
+) -> Generation:
+    """A queued Generation of the chosen model, linked to the Classification and its Prompt.
+    `messages` overrides the prompt's (e.g. after compression)."""
+    classification = selection.classification
+    return await sync_to_async(generation_prepare)(
+        model=selection.model,
+        messages=messages or classification.prompt.messages,
+        params=params,
+        api_key=classification.api_key,
+        transport=transport,
+        prompt=classification.prompt,
+        classification=classification,
+        compression=compression,
+        check_provider=False,  # _route already kept only ready models
+    )
+
+
+async def selection_stream(
+    selection: Selection, generation: Generation
+) -> AsyncIterator[StreamEvent]:
+    """`generation_run` with the route's fallbacks; the first (metadata) event carries the
+    selection, then one `info` {"fallback": ...} per route model skipped as not ready."""
+    async with aclosing(generation_run(generation, fallbacks=selection.fallbacks)) as events:
+        async for event in events:
+            if event.type == "metadata":
+                yield StreamEvent("metadata", {**event.data, **selection.metadata()})
+                for skip in selection.skipped:
+                    yield StreamEvent("info", {"fallback": {"from": skip["model"], **skip}})
+                continue
+            yield event
+
+
+def compress_parse(value: Any) -> float | None:
+    """The `compress: {ratio}` option: None, or a ratio in (0, 1]."""
+    if value is None:
+        return None
+    ratio = value.get("ratio") if isinstance(value, dict) else None
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise ApiError(
+            "'compress' must be an object {\"ratio\": number in (0, 1]}.", field="compress"
+        )
+    return float(ratio)
+
+
+async def messages_compress(
+    *, messages: list[dict[str, str]], ratio: float, api_key: ApiKey | None
+) -> tuple[list[dict[str, str]], Any]:
+    """SEAM (issue 5 item 6, wired at merge): compress the last user message with the
+    compression app's service; returns (messages to send, Compression row)."""
+    try:
+        from compression.services import compression_create
+    except ImportError as exc:
+        raise ApiError(
+            "Compression is not available on this server.",
+            code="compression_unavailable",
+            status=501,
+            field="compress",
+        ) from exc
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    index = users[-1] if users else len(messages) - 1
+    compression = await sync_to_async(compression_create)(
+        text=messages[index]["content"], ratio=ratio, api_key=api_key
+    )
+    compressed = [dict(m) for m in messages]
+    compressed[index]["content"] = compression.compressed_text
+    return compressed, compression

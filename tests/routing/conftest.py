@@ -1,0 +1,8 @@
+import pytest
+
+
+@pytest.fixture
+def keyword_classifier(settings):
+    """Route with the deterministic keyword backend (no model load)."""
+    settings.TOKENFLOW_CLASSIFIER = "tests.routing.fake_classifier.KeywordClassifier"
+    settings.TOKENFLOW_CLASSIFIER_MODEL = ""
