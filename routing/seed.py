@@ -72,8 +72,8 @@ SEED_MODELS = [
 
 SEED_CATEGORIES = {
     "reasoning": (
-        "Questions that need step-by-step reasoning: math word problems, logic puzzles, "
-        "analysis, planning and explaining why something is true.",
+        "Questions that need step-by-step reasoning: math word problems, logic puzzles, proofs, "
+        "careful analysis and explaining why something is true.",
         [
             "openrouter/deepseek/deepseek-r1",
             "groq/llama-3.3-70b-versatile",
@@ -81,8 +81,9 @@ SEED_CATEGORIES = {
         ],
     ),
     "function-calling": (
-        "Requests to call a tool, API or function with arguments, produce structured JSON, "
-        "or take an action such as booking, searching or sending something.",
+        "Requests to perform an action with a tool or API: book a table or flight, schedule, "
+        "order, send a message or email, set a reminder, look up live data such as weather "
+        "or prices, or return the JSON arguments of a function call.",
         ["groq/llama-3.3-70b-versatile", "openai/gpt-4o-mini", "local/smollm2-135m-instruct"],
     ),
     "text-to-text": (
