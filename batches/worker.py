@@ -94,7 +94,8 @@ class JobRun:
 
     id: int
     status: str
-    concurrency: int
+    concurrency: int  # this worker's share (capped by --concurrency)
+    limit: int  # the job's concurrency across all workers
     policy: RetryPolicy
     handler: Callable | None = None
     executor: Callable | None = None
@@ -203,6 +204,11 @@ class BatchWorker:
             if self._sync_pool:
                 self._sync_pool.shutdown(wait=False, cancel_futures=True)
 
+    def close(self) -> None:
+        """Close this worker's DB connection and thread (for a worker that never ran)."""
+        self._pool.submit(connections.close_all).result()
+        self._pool.shutdown(wait=True)
+
     def _in_flight(self) -> bool:
         return any(run.running for run in self.jobs.values())
 
@@ -259,7 +265,7 @@ class BatchWorker:
                 if run is None:
                     continue
             self._set_status(run, row["status"])
-            run.concurrency = self._cap(row["concurrency"])
+            run.concurrency, run.limit = self._cap(row["concurrency"]), row["concurrency"]
         for job_id in set(self.jobs) - seen:
             # Paused (hard), cancelled or failed elsewhere: drop in-flight work.
             status = await self._db(
@@ -290,6 +296,7 @@ class BatchWorker:
             id=row["id"],
             status=row["status"],
             concurrency=self._cap(row["concurrency"]),
+            limit=row["concurrency"],
             policy=RetryPolicy.for_job(
                 max_attempts=row["max_attempts"], options=row["retry_policy"]
             ),
@@ -374,9 +381,8 @@ class BatchWorker:
                 want = run.concurrency + prefetch - held
                 start = run.status == JobStatus.PENDING
                 try:
-                    items = await self._db(
-                        self._claim, run.id, want, run.concurrency + prefetch, held, start
-                    )
+                    cap = run.limit + max(1, run.limit // 2)
+                    items = await self._db(self._claim, run.id, want, cap, held, start)
                 except Exception:
                     logger.exception("Claiming items of batch %s failed", run.id)
                     items = []
