@@ -225,5 +225,11 @@ def batch_result_lines(*, job: BatchJob, status: str | None = None) -> Iterator[
     """JSONL of finished items (completed and failed; cancelled too when asked for)."""
     statuses = [status] if status else [ItemStatus.COMPLETED, ItemStatus.FAILED]
     items = job.items.filter(status__in=statuses).order_by("id").defer("params")
+    lines: list[str] = []
     for item in items.iterator(chunk_size=1000):
-        yield json.dumps(result_line(item), ensure_ascii=False) + "\n"
+        lines.append(json.dumps(result_line(item), ensure_ascii=False) + "\n")
+        if len(lines) >= 200:  # one chunk per 200 lines: few thread hops under ASGI
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)

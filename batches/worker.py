@@ -152,7 +152,7 @@ class BatchWorker:
         self._wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._flush_wake = asyncio.Event()
-        self._seen_active = False
+        self._refreshed = False
 
     # --- control -------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class BatchWorker:
     async def _wake_until_done(self) -> None:
         while not self.stopping:
             self._wake.clear()
-            if self.exit_when_idle and self._seen_active and not self.jobs:
+            if self.exit_when_idle and self._refreshed and not self.jobs:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
@@ -304,7 +304,6 @@ class BatchWorker:
             executor=executor,
         )
         self.jobs[run.id] = run
-        self._seen_active = True
         return run
 
     def _set_status(self, run: JobRun, status: str) -> None:
@@ -720,6 +719,7 @@ class BatchWorker:
         while not self.stopping:
             try:
                 await self._refresh_jobs()
+                self._refreshed = True
                 for run in list(self.jobs.values()):
                     released = await self._db(services.batch_release_expired, job_id=run.id)
                     if released and run.accepting:

@@ -287,5 +287,8 @@ TOKENFLOW_BATCH_PROGRESS_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_PROGRES
 TOKENFLOW_BATCH_AUTO_SELECT = os.environ.get(
     "TOKENFLOW_BATCH_AUTO_SELECT", "batches.services.model_auto_default"
 )
+# Policy hooks API clients may name (the Python client and staff may use any dotted path).
+TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")
+TOKENFLOW_BATCH_WS_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_WS_POLL_SECONDS", 2))
 if env_bool("TOKENFLOW_BATCH_WORKER", True):
     TOKENFLOW_SIDECARS.append(["batch_worker"])

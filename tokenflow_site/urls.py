@@ -22,4 +22,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("routing.urls")),
     path("api/", include("compression.urls")),
+    path("api/", include("batches.urls")),
 ]
