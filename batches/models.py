@@ -76,7 +76,10 @@ class BatchItem(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
-    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="items")
+    # No separate FK index: UNIQUE(job, custom_id) and the claim index start with job.
+    job = models.ForeignKey(
+        BatchJob, on_delete=models.CASCADE, related_name="items", db_index=False
+    )
     custom_id = models.CharField(max_length=200)
     params = models.JSONField(help_text="The request body: model, messages, sampling params.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -112,7 +115,10 @@ class BatchAttempt(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
 
-    item = models.ForeignKey(BatchItem, on_delete=models.CASCADE, related_name="attempt_set")
+    # No separate FK index: UNIQUE(item, number) serves lookups by item (one index per insert).
+    item = models.ForeignKey(
+        BatchItem, on_delete=models.CASCADE, related_name="attempt_set", db_index=False
+    )
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices)
     request = models.JSONField(default=dict)

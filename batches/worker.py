@@ -11,6 +11,7 @@ All ORM access runs on one dedicated thread (one connection per worker).
 
 import asyncio
 import contextlib
+import datetime
 import inspect
 import json
 import logging
@@ -22,12 +23,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, connections, transaction
-from django.db.models import Q
+from django.db import DatabaseError, connection, connections, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -67,6 +66,21 @@ class Claimed:
     params: dict[str, Any]
     attempts: int
     token: str
+    raw: str = ""  # params as stored (JSON text), reused for the attempt's request
+
+
+def _datetime_adapter() -> Callable[[Any], Any]:
+    """Datetime -> DB parameter, cheaply: SQLite stores naive UTC text (as Django does)."""
+    if connection.vendor != "sqlite":
+        return lambda value: value
+    utc = datetime.UTC
+
+    def adapt(value: Any) -> str | None:
+        if value is None:
+            return None
+        return str(value.astimezone(utc).replace(tzinfo=None))
+
+    return adapt
 
 
 @dataclass
@@ -106,6 +120,17 @@ class JobRun:
     exhausted: bool = False
     dirty: bool = True
     next_finalize: float = 0.0
+    # Per-item timeouts without a timer per call: the maintenance loop cancels overdue items.
+    started: dict[int, float] = field(default_factory=dict)
+    timed_out: set[int] = field(default_factory=set)
+
+    def cancel_overdue(self, now: float) -> None:
+        limit = self.policy.timeout
+        for item_id, started in list(self.started.items()):
+            task = self.running.get(item_id)
+            if now - started > limit and task is not None and item_id not in self.timed_out:
+                self.timed_out.add(item_id)
+                task.cancel()
 
     @property
     def accepting(self) -> bool:
@@ -171,8 +196,16 @@ class BatchWorker:
         self._flush_wake.set()
 
     async def _db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        """Run ORM code on the worker's DB thread, which keeps one connection open."""
+
+        def call() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except DatabaseError:
+                connection.close()  # reconnect on the next call (server restart, network)
+                raise
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def run(self, grace_seconds: float = 30.0) -> None:
         loops = [
@@ -223,7 +256,6 @@ class BatchWorker:
     # --- jobs ----------------------------------------------------------------------------
 
     def _load_jobs(self) -> list[dict[str, Any]]:
-        close_old_connections()
         jobs = BatchJob.objects.filter(
             status__in=[JobStatus.PENDING, JobStatus.RUNNING, JobStatus.PAUSING]
         )
@@ -330,41 +362,51 @@ class BatchWorker:
     # --- claiming ------------------------------------------------------------------------
 
     def _claim(self, job_id: int, limit: int, cap: int, held: int, start: bool) -> list[Claimed]:
-        """Lease up to `limit` claimable items; the job's cap counts other workers' leases."""
-        close_old_connections()
+        """Lease up to `limit` claimable items in one statement; the job's cap counts other
+        workers' leases. PostgreSQL skips rows other claimers hold (FOR UPDATE SKIP LOCKED);
+        on SQLite the IMMEDIATE transaction already serialises claimers."""
         now = timezone.now()
         token = uuid.uuid4().hex
-        with transaction.atomic():
-            items = BatchItem.objects.filter(job_id=job_id)
-            others = items.filter(status=ItemStatus.RUNNING).exclude(worker=self.worker_id)
-            limit = min(limit, cap - held - others.count())
+        postgres = connection.vendor == "postgresql"
+        adapt = _datetime_adapter()
+        table = BatchItem._meta.db_table
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE job_id = %s AND status = 'running' "
+                "AND worker <> %s",
+                [job_id, self.worker_id],
+            )
+            limit = min(limit, cap - held - cursor.fetchone()[0])
             if limit <= 0:
                 return []
-            ids = list(
-                items.select_for_update(skip_locked=True)
-                .filter(status=ItemStatus.PENDING)
-                .filter(Q(available_at__isnull=True) | Q(available_at__lte=now))
-                .order_by("id")
-                .values_list("id", flat=True)[:limit]
+            lock = " FOR UPDATE SKIP LOCKED" if postgres else ""
+            params_column = "params::text" if postgres else "params"
+            cursor.execute(
+                f"UPDATE {table} SET status = 'running', lease_token = %s, "
+                "lease_expires_at = %s, worker = %s WHERE id IN ("
+                f"SELECT id FROM {table} WHERE job_id = %s AND status = 'pending' "
+                "AND (available_at IS NULL OR available_at <= %s) "
+                f"ORDER BY id LIMIT %s{lock}) "
+                f"RETURNING id, custom_id, {params_column}, attempts",
+                [
+                    token,
+                    adapt(now + datetime.timedelta(seconds=self.lease)),
+                    self.worker_id,
+                    job_id,
+                    adapt(now),
+                    limit,
+                ],
             )
-            if not ids:
-                return []
-            BatchItem.objects.filter(id__in=ids).update(
-                status=ItemStatus.RUNNING,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=self.lease),
-                worker=self.worker_id,
-            )
-            if start:
+            rows = sorted(cursor.fetchall())
+            if rows and start:
                 BatchJob.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
                     status=JobStatus.RUNNING, started_at=now
                 )
                 BatchJob.objects.filter(pk=job_id, started_at__isnull=True).update(started_at=now)
-            rows = BatchItem.objects.filter(id__in=ids).order_by("id")
-            return [
-                Claimed(id=i, custom_id=c, params=p, attempts=a, token=token)
-                for i, c, p, a in rows.values_list("id", "custom_id", "params", "attempts")
-            ]
+        return [
+            Claimed(id=i, custom_id=c, params=json.loads(p), attempts=a, token=token, raw=p)
+            for i, c, p, a in rows
+        ]
 
     async def _claim_loop(self) -> None:
         while not self.stopping:
@@ -373,18 +415,19 @@ class BatchWorker:
             for run in list(self.jobs.values()):
                 if not run.accepting or now < run.idle_until or self.stopping:
                     continue
-                prefetch = max(1, run.concurrency // 2)
+                prefetch = run.concurrency  # a queue as deep as the pool hides write stalls
                 held = len(run.queue) + len(run.running)
                 if held > run.concurrency + prefetch // 2:
                     continue
                 want = run.concurrency + prefetch - held
                 start = run.status == JobStatus.PENDING
                 try:
-                    cap = run.limit + max(1, run.limit // 2)
+                    cap = 2 * run.limit
                     items = await self._db(self._claim, run.id, want, cap, held, start)
                 except Exception:
                     logger.exception("Claiming items of batch %s failed", run.id)
-                    items = []
+                    run.idle_until = time.monotonic() + self.poll
+                    continue
                 if start and items:
                     run.status = JobStatus.RUNNING
                 if not run.accepting or self.stopping:
@@ -478,23 +521,28 @@ class BatchWorker:
         status_code: int | None = None
         retryable = False
         retry_after = None
+        run.started[item.id] = started
         try:
-            async with asyncio.timeout(run.policy.timeout):
-                result, model_name, usage = await self._call(run, item.params)
+            result, model_name, usage = await self._call(run, item.params)
+        except asyncio.CancelledError:
+            if item.id not in run.timed_out:  # hard pause, cancel, shutdown
+                raise
+            run.timed_out.discard(item.id)
+            retryable = run.policy.retryable(status_code=None, retryable=True, timeout=True)
+            error = {"code": "timeout", "message": f"No answer in {run.policy.timeout:g} s."}
         except ProviderError as exc:
             status_code, retry_after = exc.status, exc.retry_after
             retryable = run.policy.retryable(
                 status_code=exc.status, retryable=exc.retryable, timeout=False
             )
             error = {"code": exc.code, "message": exc.message, "status": exc.status}
-        except TimeoutError:
-            retryable = run.policy.retryable(status_code=None, retryable=True, timeout=True)
-            error = {"code": "timeout", "message": f"No answer in {run.policy.timeout:g} s."}
         except Exception as exc:  # a request function may raise anything: retry it
             retryable = run.executor is not None
             error = {"code": "exception", "message": f"{type(exc).__name__}: {exc}"}
             if run.executor is None:
                 logger.exception("Batch item %s failed", item.id)
+        finally:
+            run.started.pop(item.id, None)
         latency = (time.monotonic() - started) * 1000
         usage = usage or {}
         attempt = {
@@ -554,7 +602,7 @@ class BatchWorker:
     def _retry(outcome: Outcome, error: dict | None, delay: float) -> Outcome:
         outcome.status, outcome.result, outcome.error = ItemStatus.PENDING, None, error
         outcome.finished_at = None
-        outcome.available_at = timezone.now() + timedelta(seconds=delay) if delay else None
+        outcome.available_at = timezone.now() + datetime.timedelta(seconds=delay) if delay else None
         return outcome
 
     @staticmethod
@@ -588,19 +636,24 @@ class BatchWorker:
     # --- writing -------------------------------------------------------------------------
 
     def _write(self, outcomes: list[Outcome]) -> set[int]:
-        """Apply outcomes whose lease is still ours; insert their attempts. Returns the ids."""
-        close_old_connections()
-        adapt = connection.ops.adapt_datetimefield_value
+        """Apply outcomes whose lease is still ours and insert their attempts; return the ids.
+
+        One UPDATE ... FROM (VALUES ...) RETURNING and one multi-row INSERT per 500 rows, on
+        PostgreSQL and SQLite alike: few statements, so the DB thread rarely waits for the GIL.
+        """
+        adapt = _datetime_adapter()
+        postgres = connection.vendor == "postgresql"
 
         def dumps(value: Any) -> str | None:
             return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
+        results = [dumps(o.result) for o in outcomes]
         rows = [
             (
                 o.item.id,
                 o.item.token,
                 o.status,
-                dumps(o.result),
+                result,
                 dumps(o.error),
                 (o.error or {}).get("code", ""),
                 o.attempts,
@@ -612,57 +665,69 @@ class BatchWorker:
                 adapt(o.available_at),
                 adapt(o.finished_at),
             )
-            for o in outcomes
+            for o, result in zip(outcomes, results, strict=True)
         ]
+        if postgres:
+            row_sql = (
+                "(%s::bigint, %s, %s, %s::jsonb, %s::jsonb, %s, %s::int, %s::jsonb, %s, %s::int,"
+                " %s::int, %s::float8, %s::timestamptz, %s::timestamptz)"
+            )
+        else:
+            row_sql = "(" + ", ".join(["%s"] * 14) + ")"
         table = BatchItem._meta.db_table
         accepted: set[int] = set()
         with transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                for start in range(0, len(rows), 500):
-                    chunk = rows[start : start + 500]
-                    values = ", ".join(
-                        [
-                            "(%s::bigint, %s, %s, %s::jsonb, %s::jsonb, %s, %s::int, %s::jsonb, %s,"
-                            " %s::int, %s::int, %s::float8, %s::timestamptz, %s::timestamptz)"
-                        ]
-                        * len(chunk)
-                    )
-                    cursor.execute(
-                        f"UPDATE {table} AS i SET status = v.status, result = v.result, "
-                        "error = v.error, error_code = v.error_code, attempts = v.attempts, "
-                        "params = COALESCE(v.params, i.params), model_name = v.model_name, "
-                        "prompt_tokens = v.pt, completion_tokens = v.ct, latency_ms = v.lat, "
-                        "available_at = v.av, finished_at = v.fin, lease_token = '', "
-                        "lease_expires_at = NULL, worker = '' "
-                        f"FROM (VALUES {values}) AS v(id, token, status, result, error, "
-                        "error_code, attempts, params, model_name, pt, ct, lat, av, fin) "
-                        "WHERE i.id = v.id AND i.lease_token = v.token AND i.status = 'running' "
-                        "RETURNING i.id",
-                        [value for row in chunk for value in row],
-                    )
-                    accepted.update(r[0] for r in cursor.fetchall())
-            else:
-                sql = (
-                    f"UPDATE {table} SET status = %s, result = %s, error = %s, error_code = %s, "
-                    "attempts = %s, params = COALESCE(%s, params), model_name = %s, "
-                    "prompt_tokens = %s, completion_tokens = %s, latency_ms = %s, "
-                    "available_at = %s, finished_at = %s, lease_token = '', "
-                    "lease_expires_at = NULL, worker = '' "
-                    "WHERE id = %s AND lease_token = %s AND status = 'running'"
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                cursor.execute(
+                    "WITH v(id, token, status, result, error, error_code, attempts, params, "
+                    "model_name, pt, ct, lat, av, fin) AS "
+                    f"(VALUES {', '.join([row_sql] * len(chunk))}) "
+                    f"UPDATE {table} SET status = v.status, result = v.result, "
+                    "error = v.error, error_code = v.error_code, attempts = v.attempts, "
+                    f"params = COALESCE(v.params, {table}.params), model_name = v.model_name, "
+                    "prompt_tokens = v.pt, completion_tokens = v.ct, latency_ms = v.lat, "
+                    "available_at = v.av, finished_at = v.fin, lease_token = '', "
+                    "lease_expires_at = NULL, worker = '' FROM v "
+                    f"WHERE {table}.id = v.id AND {table}.lease_token = v.token "
+                    f"AND {table}.status = 'running' RETURNING {table}.id",
+                    [value for row in chunk for value in row],
                 )
-                for row in rows:
-                    cursor.execute(sql, [*row[2:], row[0], row[1]])
-                    if cursor.rowcount:
-                        accepted.add(row[0])
-            BatchAttempt.objects.bulk_create(
+                accepted.update(r[0] for r in cursor.fetchall())
+            attempts = [
                 (
-                    BatchAttempt(item_id=o.item.id, **o.attempt)
-                    for o in outcomes
-                    if o.attempt is not None and o.item.id in accepted
-                ),
-                batch_size=500,
-                ignore_conflicts=True,
+                    o.item.id,
+                    a["number"],
+                    a["status"],
+                    o.item.raw if a["request"] is o.item.params else dumps(a["request"]),
+                    a["model_name"],
+                    result if o.result is a["result"] else dumps(a["result"]),
+                    a["error_code"],
+                    a["error_message"],
+                    a["status_code"],
+                    a["retryable"],
+                    a["latency_ms"],
+                    a["prompt_tokens"],
+                    a["completion_tokens"],
+                    a["worker"],
+                    adapt(a["created_at"]),
+                )
+                for o, result in zip(outcomes, results, strict=True)
+                if (a := o.attempt) is not None and o.item.id in accepted
+            ]
+            columns = (
+                "item_id, number, status, request, model_name, result, error_code, "
+                "error_message, status_code, retryable, latency_ms, prompt_tokens, "
+                "completion_tokens, worker, created_at"
             )
+            marks = "(" + ", ".join(["%s"] * 15) + ")"
+            for start in range(0, len(attempts), 500):
+                chunk = attempts[start : start + 500]
+                cursor.execute(
+                    f"INSERT INTO {BatchAttempt._meta.db_table} ({columns}) "
+                    f"VALUES {', '.join([marks] * len(chunk))} ON CONFLICT DO NOTHING",
+                    [value for row in chunk for value in row],
+                )
         return accepted
 
     async def _flush(self) -> None:
@@ -708,9 +773,8 @@ class BatchWorker:
     # --- maintenance ---------------------------------------------------------------------
 
     def _renew(self) -> None:
-        close_old_connections()
         BatchItem.objects.filter(worker=self.worker_id, status=ItemStatus.RUNNING).update(
-            lease_expires_at=timezone.now() + timedelta(seconds=self.lease)
+            lease_expires_at=timezone.now() + datetime.timedelta(seconds=self.lease)
         )
 
     async def _maintenance_loop(self) -> None:
@@ -727,6 +791,8 @@ class BatchWorker:
                         run.idle_until = 0
                         self._claim_wake.set()
                 now = time.monotonic()
+                for run in list(self.jobs.values()):
+                    run.cancel_overdue(now)
                 if now >= next_renew:
                     await self._db(self._renew)
                     next_renew = now + self.lease / 3
