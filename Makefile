@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench clean
+.PHONY: install assets serve test test-fast lint format bench clean bench-batches
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,6 @@ bench: assets
 
 clean:
 	rm -rf $(VENV) var
+
+bench-batches: install
+	$(PY) bench/batches.py

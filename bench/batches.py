@@ -101,13 +101,16 @@ def throughput(n: int, concurrency: int, latency: float) -> dict:
         return n / (time.perf_counter() - t0)
 
     async def batch_worker() -> float:
-        worker = BatchWorker(job_ids=[job.pk], exit_when_idle=True, poll_seconds=0.05, publish=False)
+        worker = BatchWorker(job_ids=[job.pk], exit_when_idle=True, poll_seconds=0.2, publish=False)
         t0 = time.perf_counter()
         await worker.run()
         return n / (time.perf_counter() - t0)
 
+    cpu = time.process_time()
     loop_rate = asyncio.run(semaphore_loop())
+    loop_cpu, cpu = time.process_time() - cpu, time.process_time()
     worker_rate = asyncio.run(batch_worker())
+    worker_cpu = time.process_time() - cpu
     job.refresh_from_db()
     ideal = concurrency / latency
     return {
@@ -122,6 +125,9 @@ def throughput(n: int, concurrency: int, latency: float) -> dict:
         "batch_worker_per_s": round(worker_rate, 1),
         "batch_worker_fraction": round(worker_rate / ideal, 3),
         "worker_vs_loop": round(worker_rate / loop_rate, 3),
+        "semaphore_loop_cpu_us_per_item": round(loop_cpu / n * 1e6, 1),
+        "batch_worker_cpu_us_per_item": round(worker_cpu / n * 1e6, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "job_status": job.status,
         "completed": job.items.filter(status="completed").count(),
     }
@@ -144,7 +150,7 @@ def chaos_worker(job_id: int, worker_id: str, calls_log: str, lease: float) -> N
 
     async def chaotic(self, request):
         os.write(log, b"1\n")  # one line per upstream call, even if we are killed right after
-        await asyncio.sleep(random.uniform(0.01, 0.12))
+        await asyncio.sleep(random.uniform(0.05, 0.3))
         roll = random.random()
         if roll < 0.025:
             raise ProviderError("injected 429", code="rate_limited", status=429, retryable=True)
@@ -156,6 +162,7 @@ def chaos_worker(job_id: int, worker_id: str, calls_log: str, lease: float) -> N
     MockProvider.stream = chaotic
     worker = BatchWorker(
         job_ids=[job_id], worker_id=worker_id, lease_seconds=lease, poll_seconds=0.1,
+        max_concurrency=20,
         exit_when_idle=True, publish=False,
     )
 
@@ -188,8 +195,13 @@ def crash(n: int = 2000, kills: int = 3, lease: float = 2.0, seed: int = 7) -> d
     victim, other = spawn("A0"), spawn("B")
     in_flight_at_kills = []
     for kill in range(1, kills + 1):
-        time.sleep(rng.uniform(0.8, 2.0))
-        running = BatchItem.objects.filter(job=job, status="running", worker=f"A{kill - 1}").count()
+        victim_items = BatchItem.objects.filter(job=job, status="running", worker=f"A{kill - 1}")
+        deadline = time.monotonic() + 60
+        pending = BatchItem.objects.filter(job=job, status="pending")
+        while not victim_items.exists() and pending.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # let the (re)started worker get going, then kill it at random
+        time.sleep(rng.uniform(0.2, 1.5))
+        running = victim_items.count()
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         in_flight_at_kills.append(running)
