@@ -218,6 +218,8 @@ class BatchWorker:
         self.hard = False
         self.upstream_calls = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch-db")
+        # Results are written on their own connection, so a slow flush never delays a claim.
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="batch-write")
         self._sync_pool: ThreadPoolExecutor | None = None
         self._wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
@@ -240,8 +242,10 @@ class BatchWorker:
         self._claim_wake.set()
         self._flush_wake.set()
 
-    async def _db(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run ORM code on the worker's DB thread, which keeps one connection open."""
+    async def _db(
+        self, fn: Callable, *args: Any, _pool: ThreadPoolExecutor | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ORM code on one of the worker's DB threads (each keeps its connection open)."""
 
         def call() -> Any:
             try:
@@ -250,7 +254,7 @@ class BatchWorker:
                 connection.close()  # reconnect on the next call (server restart, network)
                 raise
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        return await asyncio.get_running_loop().run_in_executor(_pool or self._pool, call)
 
     async def run(self, grace_seconds: float = 30.0) -> None:
         loops = [
@@ -278,14 +282,17 @@ class BatchWorker:
             for run in list(self.jobs.values()):
                 await self._publish(run, force=True)
             await self._db(connections.close_all)
+            await self._db(connections.close_all, _pool=self._write_pool)
             self._pool.shutdown(wait=True)
+            self._write_pool.shutdown(wait=True)
             if self._sync_pool:
                 self._sync_pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Close this worker's DB connection and thread (for a worker that never ran)."""
-        self._pool.submit(connections.close_all).result()
-        self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._write_pool):
+            pool.submit(connections.close_all).result()
+            pool.shutdown(wait=True)
 
     def _in_flight(self) -> bool:
         return any(run.running for run in self.jobs.values())
@@ -381,6 +388,7 @@ class BatchWorker:
             executor=executor,
         )
         self.jobs[run.id] = run
+        self._claim_wake.set()
         return run
 
     def _set_status(self, run: JobRun, status: str) -> None:
@@ -799,7 +807,7 @@ class BatchWorker:
             return
         outcomes, self.buffer = self.buffer, []
         try:
-            await self._db(self._write, outcomes)
+            await self._db(self._write, outcomes, _pool=self._write_pool)
         except Exception:
             logger.exception("Writing %s batch results failed; retrying", len(outcomes))
             self.buffer[:0] = outcomes

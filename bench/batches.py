@@ -61,7 +61,10 @@ def make_job(n: int, concurrency: int, options: dict, **job_options):
         defaults={"provider": "mock", "upstream_model": "echo", "options": options},
     )
     items = [
-        (None, {"custom_id": f"item-{i}", "body": {"messages": [{"role": "user", "content": "hi"}]}})
+        (
+            None,
+            {"custom_id": f"item-{i}", "body": {"messages": [{"role": "user", "content": "hi"}]}},
+        )
         for i in range(n)
     ]
     return batch_create(items=items, model="mock/bench", concurrency=concurrency, **job_options)
@@ -161,9 +164,13 @@ def chaos_worker(job_id: int, worker_id: str, calls_log: str, lease: float) -> N
 
     MockProvider.stream = chaotic
     worker = BatchWorker(
-        job_ids=[job_id], worker_id=worker_id, lease_seconds=lease, poll_seconds=0.1,
+        job_ids=[job_id],
+        worker_id=worker_id,
+        lease_seconds=lease,
+        poll_seconds=0.1,
         max_concurrency=20,
-        exit_when_idle=True, publish=False,
+        exit_when_idle=True,
+        publish=False,
     )
 
     async def main() -> None:
@@ -180,14 +187,27 @@ def crash(n: int = 2000, kills: int = 3, lease: float = 2.0, seed: int = 7) -> d
     from batches.models import BatchAttempt, BatchItem, BatchJob
 
     rng = random.Random(seed)
-    job = make_job(n, 40, {"response": "ok"}, max_attempts=12,
-                   retry_policy={"backoff_base": 0.05, "backoff_max": 1})
+    job = make_job(
+        n,
+        40,
+        {"response": "ok"},
+        max_attempts=12,
+        retry_policy={"backoff_base": 0.05, "backoff_max": 1},
+    )
     calls_log = tempfile.mktemp(prefix="tf_calls_")
     env = dict(os.environ)
 
     def spawn(worker_id: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, __file__, "chaos-worker", str(job.pk), worker_id, calls_log, str(lease)],
+            [
+                sys.executable,
+                __file__,
+                "chaos-worker",
+                str(job.pk),
+                worker_id,
+                calls_log,
+                str(lease),
+            ],
             env=env,
         )
 
@@ -215,10 +235,9 @@ def crash(n: int = 2000, kills: int = 3, lease: float = 2.0, seed: int = 7) -> d
     succeeded_per_item = attempts.filter(status="succeeded").values("item_id")
     from django.db.models import Count
 
-    duplicated = (
-        succeeded_per_item.annotate(n=Count("id")).filter(n__gt=1).count()
-    )
-    calls = sum(1 for _ in open(calls_log))
+    duplicated = succeeded_per_item.annotate(n=Count("id")).filter(n__gt=1).count()
+    with open(calls_log) as handle:
+        calls = sum(1 for _ in handle)
     os.unlink(calls_log)
     retries = attempts.filter(status="failed").count()
     bound = n + retries + sum(in_flight_at_kills)
@@ -228,7 +247,10 @@ def crash(n: int = 2000, kills: int = 3, lease: float = 2.0, seed: int = 7) -> d
         "completed": items.filter(status="completed").count(),
         "lost": items.exclude(status="completed").count(),
         "duplicated_results": duplicated,
-        "items_with_one_success": attempts.filter(status="succeeded").values("item_id").distinct().count(),
+        "items_with_one_success": attempts.filter(status="succeeded")
+        .values("item_id")
+        .distinct()
+        .count(),
         "kills": kills,
         "in_flight_at_kills": in_flight_at_kills,
         "upstream_calls": calls,
@@ -275,7 +297,9 @@ def main() -> None:
         sqlite_env = {**os.environ, "TOKENFLOW_VAR_DIR": var_dir}
         sqlite_env.pop("DATABASE_URL", None)
         sqlite_env.pop("REDIS_URL", None)
-        results = {"throughput_sqlite": run_part(["throughput", "--items", str(args.items)], sqlite_env)}
+        results = {
+            "throughput_sqlite": run_part(["throughput", "--items", str(args.items)], sqlite_env)
+        }
         try:
             pg_env = {**sqlite_env, "DATABASE_URL": scratch_postgres_url(pg_base)}
         except Exception as exc:  # no PostgreSQL: report SQLite only

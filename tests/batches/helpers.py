@@ -11,7 +11,13 @@ from batches.worker import BatchWorker
 
 def make_job(model_name: str, n: int = 10, **options) -> BatchJob:
     items = [
-        (None, {"custom_id": f"item-{i}", "body": {"messages": [{"role": "user", "content": f"q{i}"}]}})
+        (
+            None,
+            {
+                "custom_id": f"item-{i}",
+                "body": {"messages": [{"role": "user", "content": f"q{i}"}]},
+            },
+        )
         for i in range(n)
     ]
     return batch_create(items=items, model=model_name, **options)

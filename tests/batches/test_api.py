@@ -37,7 +37,11 @@ def create(client, auth, **payload):
 
 def test_create_from_json_items(client, auth, model):
     response = create(
-        client, auth, name="demo", model="mock/batch", concurrency=4,
+        client,
+        auth,
+        name="demo",
+        model="mock/batch",
+        concurrency=4,
         items=[item("a"), item("b", temperature=0.5)],
     )
     assert response.status_code == 201, response.content
@@ -108,8 +112,11 @@ def test_malformed_jsonl_names_the_line_and_creates_nothing(client, auth, model)
 
 
 def test_handler_must_be_allowed(client, auth, model, settings):
-    payload = {"model": "mock/batch", "items": [item("a")],
-               "handler": "tests.batches.policies.give_up_on_429"}
+    payload = {
+        "model": "mock/batch",
+        "items": [item("a")],
+        "handler": "tests.batches.policies.give_up_on_429",
+    }
     assert create(client, auth, **payload).status_code == 403
     settings.TOKENFLOW_BATCH_HANDLERS = ["tests.batches.policies.give_up_on_429"]
     assert create(client, auth, **payload).status_code == 201

@@ -65,8 +65,20 @@ async def test_retries_keep_the_trajectory():
 async def test_retries_stop_at_max_attempts_and_non_retryable_fail_at_once():
     model = await sync_to_async(mock_model)()
     items = [
-        (None, {"custom_id": "boom", "body": {"prompt": "x", "extra": {"mock": {"fail_before_first": 500}}}}),
-        (None, {"custom_id": "bad", "body": {"prompt": "x", "extra": {"mock": {"fail_before_first": 400}}}}),
+        (
+            None,
+            {
+                "custom_id": "boom",
+                "body": {"prompt": "x", "extra": {"mock": {"fail_before_first": 500}}},
+            },
+        ),
+        (
+            None,
+            {
+                "custom_id": "bad",
+                "body": {"prompt": "x", "extra": {"mock": {"fail_before_first": 400}}},
+            },
+        ),
         (None, {"custom_id": "ok", "body": {"prompt": "fine"}}),
     ]
     from batches.services import batch_create

@@ -34,7 +34,9 @@ async def test_ws_progress_is_pushed_by_the_worker(settings):
     model = await sync_to_async(mock_model)(token_delay=0.002)
     job = await sync_to_async(make_job)(model.name, n=30, concurrency=5, api_key=key)
     communicator = WebsocketCommunicator(
-        application, f"/ws/batches/{job.pk}/", headers=[ORIGIN, (b"authorization", f"Bearer {raw}".encode())]
+        application,
+        f"/ws/batches/{job.pk}/",
+        headers=[ORIGIN, (b"authorization", f"Bearer {raw}".encode())],
     )
     connected, _ = await communicator.connect(timeout=10)
     assert connected
@@ -69,7 +71,11 @@ def test_admin_pages_and_actions(staff_client, settings):
     job = make_job(model.name, n=120)
     item = job.items.first()
     BatchAttempt.objects.create(
-        item=item, number=1, status="failed", error_code="rate_limited", created_at=item.job.created_at
+        item=item,
+        number=1,
+        status="failed",
+        error_code="rate_limited",
+        created_at=item.job.created_at,
     )
     response = staff_client.get("/admin/batches/batchjob/")
     assert response.status_code == 200 and b"0 / 120" in response.content
@@ -82,9 +88,13 @@ def test_admin_pages_and_actions(staff_client, settings):
         "/admin/batches/batchjob/", {"action": "pause_hard", "_selected_action": [job.pk]}
     )
     assert BatchJob.objects.get(pk=job.pk).status == "paused"
-    staff_client.post("/admin/batches/batchjob/", {"action": "resume", "_selected_action": [job.pk]})
+    staff_client.post(
+        "/admin/batches/batchjob/", {"action": "resume", "_selected_action": [job.pk]}
+    )
     assert BatchJob.objects.get(pk=job.pk).status == "pending"
-    staff_client.post("/admin/batches/batchjob/", {"action": "cancel", "_selected_action": [job.pk]})
+    staff_client.post(
+        "/admin/batches/batchjob/", {"action": "cancel", "_selected_action": [job.pk]}
+    )
     assert BatchJob.objects.get(pk=job.pk).status == "cancelled"
 
 
