@@ -59,6 +59,14 @@ def result_value(value: Any, finish_reason: str = "stop") -> dict[str, Any]:
     }
 
 
+class JobNotActive(Exception):
+    """Raised by a claim when the job was paused, cancelled or finished meanwhile."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 @dataclass
 class Claimed:
     id: int
@@ -424,6 +432,16 @@ class BatchWorker:
         adapt = _datetime_adapter()
         table = BatchItem._meta.db_table
         with transaction.atomic(), connection.cursor() as cursor:
+            # The job must still be claimable; FOR KEY SHARE waits for a concurrent pause/cancel
+            # (which locks the job row FOR UPDATE) so no item is claimed after it.
+            cursor.execute(
+                f"SELECT status FROM {BatchJob._meta.db_table} WHERE id = %s"
+                + (" FOR KEY SHARE" if postgres else ""),
+                [job_id],
+            )
+            row = cursor.fetchone()
+            if row is None or row[0] not in BatchJob.ACTIVE:
+                raise JobNotActive(row[0] if row else JobStatus.CANCELLED)
             cursor.execute(
                 f"SELECT COUNT(*) FROM {table} WHERE job_id = %s AND status = 'running' "
                 "AND worker <> %s",
@@ -477,6 +495,9 @@ class BatchWorker:
                 try:
                     cap = 2 * run.limit
                     items = await self._db(self._claim, run.id, want, cap, held, start)
+                except JobNotActive as exc:
+                    self._set_status(run, exc.status)
+                    continue
                 except Exception:
                     logger.exception("Claiming items of batch %s failed", run.id)
                     run.idle_until = time.monotonic() + self.poll
