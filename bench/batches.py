@@ -278,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("part", nargs="?", default="all")
     parser.add_argument("rest", nargs="*")
-    parser.add_argument("--items", type=int, default=8000)
+    parser.add_argument("--items", type=int, default=16000)
     args = parser.parse_args()
     if args.part == "throughput":
         print(json.dumps(throughput(args.items, 200, 0.05)))
