@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,6 @@ bench-classify: assets
 
 clean:
 	rm -rf $(VENV) var
+
+bench-batches: install
+	$(PY) bench/batches.py

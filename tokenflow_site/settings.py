@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "routing",
     "compression",
     "pipelines",
+    "batches",
 ]
 
 MIDDLEWARE = [
@@ -299,3 +300,23 @@ TOKENFLOW_RATE_LIMIT_TPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_TPM", 0))
 # ---------------------------------------------------------------------------
 # TokenFlow: batch jobs
 # ---------------------------------------------------------------------------
+TOKENFLOW_BATCH_MAX_ITEMS = int(os.environ.get("TOKENFLOW_BATCH_MAX_ITEMS", 50_000))
+TOKENFLOW_BATCH_MAX_CONCURRENCY = int(os.environ.get("TOKENFLOW_BATCH_MAX_CONCURRENCY", 1000))
+TOKENFLOW_BATCH_DEFAULT_CONCURRENCY = int(os.environ.get("TOKENFLOW_BATCH_CONCURRENCY", 16))
+TOKENFLOW_BATCH_MAX_ATTEMPTS = int(os.environ.get("TOKENFLOW_BATCH_MAX_ATTEMPTS", 3))
+TOKENFLOW_BATCH_BACKOFF_BASE = float(os.environ.get("TOKENFLOW_BATCH_BACKOFF_BASE", 1.0))
+TOKENFLOW_BATCH_BACKOFF_MAX = float(os.environ.get("TOKENFLOW_BATCH_BACKOFF_MAX", 60))
+TOKENFLOW_BATCH_TIMEOUT = float(os.environ.get("TOKENFLOW_BATCH_TIMEOUT", 600))
+# A killed worker's items are re-claimed once their lease expires; live workers renew theirs.
+TOKENFLOW_BATCH_LEASE_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_LEASE_SECONDS", 60))
+TOKENFLOW_BATCH_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_POLL_SECONDS", 0.5))
+TOKENFLOW_BATCH_PROGRESS_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_PROGRESS_SECONDS", 0.5))
+# Resolves model "auto" for an item's messages: (messages) -> ModelRanking.
+TOKENFLOW_BATCH_AUTO_SELECT = os.environ.get(
+    "TOKENFLOW_BATCH_AUTO_SELECT", "batches.services.model_auto_default"
+)
+# Policy hooks API clients may name (the Python client and staff may use any dotted path).
+TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")
+TOKENFLOW_BATCH_WS_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_WS_POLL_SECONDS", 2))
+if env_bool("TOKENFLOW_BATCH_WORKER", True):
+    TOKENFLOW_SIDECARS.append(["batch_worker"])

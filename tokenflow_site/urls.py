@@ -23,4 +23,5 @@ urlpatterns = [
     path("api/", include("routing.urls")),
     path("api/", include("compression.urls")),
     path("api/", include("pipelines.urls")),
+    path("api/", include("batches.urls")),
 ]

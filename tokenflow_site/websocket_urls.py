@@ -1,3 +1,9 @@
 """WebSocket routes; each app appends its consumers here."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from batches.consumers import BatchProgressConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/batches/<int:job_id>/", BatchProgressConsumer.as_asgi()),
+]

@@ -1,0 +1,75 @@
+"""ws/batches/<id>/: live progress of a job (worker pushes, plus a slow DB poll fallback)."""
+
+import asyncio
+import contextlib
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from accounts.websocket import scope_is_authenticated
+from batches.models import BatchJob
+from batches.selectors import batch_progress
+
+
+@database_sync_to_async
+def _progress_for(scope, job_id: int) -> dict | None:
+    """The job's progress if the connection may see it (own API key or staff), else None."""
+    job = BatchJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return None
+    user = scope.get("user")
+    staff = bool(user is not None and user.is_authenticated and user.is_staff)
+    key = scope.get("api_key")
+    if not staff and (key is None or job.api_key_id != key.pk):
+        return None
+    return batch_progress(job=job)
+
+
+class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
+    """Sends {"type": "progress", ...} on connect, on every worker update and on changes
+    seen by polling (workers in another process with an in-memory layer cannot push)."""
+
+    async def connect(self) -> None:
+        self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        self.group = f"batch_{self.job_id}"
+        self.poller: asyncio.Task | None = None
+        self.last: dict | None = None
+        if not await scope_is_authenticated(self.scope):
+            await self.close(code=4401)
+            return
+        progress = await _progress_for(self.scope, self.job_id)
+        if progress is None:
+            await self.close(code=4404)
+            return
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self._send(progress)
+        self.poller = asyncio.create_task(self._poll())
+
+    async def disconnect(self, code: int) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poller
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def batch_progress(self, event: dict) -> None:
+        await self._send(event["progress"])
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if isinstance(content, dict) and content.get("type") == "refresh":
+            await self._send(await _progress_for(self.scope, self.job_id), force=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(settings.TOKENFLOW_BATCH_WS_POLL_SECONDS)
+            progress = await _progress_for(self.scope, self.job_id)
+            if progress is not None:
+                await self._send(progress)
+
+    async def _send(self, progress: dict | None, *, force: bool = False) -> None:
+        if progress is None or (progress == self.last and not force):
+            return
+        self.last = progress
+        await self.send_json({"type": "progress", **progress})

@@ -1,0 +1,396 @@
+"""Batch job writes: create (JSON or JSONL), pause / resume / cancel, finalize."""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from accounts.models import ApiKey
+from batches.models import BatchItem, BatchJob
+from routing.models import ModelRanking
+from routing.services.generation import messages_parse, model_resolve, params_parse
+from tokenflow_site.errors import ApiError
+
+AUTO = "auto"
+CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
+Status = BatchJob.Status
+ItemStatus = BatchItem.Status
+
+
+# --- model "auto" ------------------------------------------------------------------------
+
+
+def model_auto_default(messages: list[dict[str, str]]) -> ModelRanking:
+    """The seam for model "auto": the best-ranked enabled model (the lead wires classification)."""
+    model = ModelRanking.objects.enabled().order_by("rank", "name").first()
+    if model is None:
+        raise ApiError("No enabled model for 'auto'.", code="model_not_found", status=404)
+    return model
+
+
+def model_auto(messages: list[dict[str, str]]) -> ModelRanking:
+    """Resolve "auto" for one item through settings.TOKENFLOW_BATCH_AUTO_SELECT."""
+    return import_string(settings.TOKENFLOW_BATCH_AUTO_SELECT)(messages)
+
+
+# --- input parsing -----------------------------------------------------------------------
+
+
+@dataclass
+class ParsedItem:
+    custom_id: str
+    params: dict[str, Any]
+
+
+def batch_jsonl_parse(data: bytes | str) -> list[tuple[int, Any]]:
+    """(line number, object) for every non-blank line; 400 naming the first malformed line."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except ValueError as exc:
+            raise ApiError(
+                f"line {number}: malformed JSON ({exc}).",
+                code="invalid_jsonl",
+                extra={"line": number},
+            ) from exc
+    return rows
+
+
+def _where_error(exc: ApiError, where: str, extra: dict[str, Any]) -> ApiError:
+    return ApiError(
+        f"{where}: {exc.message}",
+        code=exc.code,
+        status=exc.status,
+        field=exc.field,
+        extra={**exc.extra, **extra},
+    )
+
+
+def _item_parse(
+    raw: Any, *, job_model: str, template: str, defaults: dict[str, Any], needs_model: bool
+) -> ParsedItem:
+    if not isinstance(raw, dict):
+        raise ApiError("each item must be a JSON object.", code="invalid_item")
+    custom_id = raw.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id.strip() or len(custom_id) > 200:
+        raise ApiError(
+            "'custom_id' must be a non-empty string of at most 200 characters.",
+            code="invalid_custom_id",
+            field="custom_id",
+        )
+    url = raw.get("url")
+    if url is not None and url not in CHAT_URLS:
+        raise ApiError(f"url {url!r} is not supported; use /v1/chat/completions.", field="url")
+    body = raw.get("body", raw.get("params"))
+    if not isinstance(body, dict):
+        raise ApiError("'body' must be a JSON object.", code="invalid_item", field="body")
+    body = dict(body)
+    if not needs_model:  # a Python request function gets the body as it is
+        return ParsedItem(custom_id=custom_id, params=body)
+    if "variables" in body:
+        variables = body.pop("variables")
+        if not template or not isinstance(variables, dict):
+            raise ApiError(
+                "'variables' needs the job's prompt_template and must be an object.",
+                field="variables",
+            )
+        try:
+            body["messages"] = [{"role": "user", "content": template.format_map(variables)}]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ApiError(f"prompt_template: {exc!r}", field="variables") from exc
+    elif template and "messages" not in body and "prompt" not in body:
+        body["prompt"] = template
+    messages = messages_parse(body)
+    params = params_parse({**defaults, **body}).as_dict()
+    model = body.get("model") or job_model
+    if needs_model and not (isinstance(model, str) and model.strip()):
+        raise ApiError("'model' is required (in the body or on the job).", field="model")
+    extra = body.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        raise ApiError("'extra' must be an object.", field="extra")
+    stored = {"model": model or "", "messages": messages, **params}
+    if extra:
+        stored["extra"] = extra
+    return ParsedItem(custom_id=custom_id, params=stored)
+
+
+def _bounded_int(value: Any, name: str, default: int, high: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ApiError(f"'{name}' must be an integer between 1 and {high}.", field=name)
+    return value
+
+
+def _retry_policy(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError("'retry_policy' must be an object.", field="retry_policy")
+    allowed = {"retry_statuses", "backoff_base", "backoff_max", "timeout", "retry_timeouts"}
+    unknown = set(value) - allowed
+    if unknown:
+        raise ApiError(
+            f"Unknown retry_policy keys: {', '.join(sorted(unknown))}.", field="retry_policy"
+        )
+    statuses = value.get("retry_statuses")
+    if statuses is not None and not (
+        isinstance(statuses, list) and all(isinstance(s, int) for s in statuses)
+    ):
+        raise ApiError("'retry_statuses' must be a list of integers.", field="retry_policy")
+    for name in ("backoff_base", "backoff_max", "timeout"):
+        number = value.get(name)
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, int | float) or number < 0
+        ):
+            raise ApiError(f"'{name}' must be a non-negative number.", field="retry_policy")
+    return value
+
+
+def batch_create(
+    *,
+    items: Iterable[tuple[int | None, Any]],
+    api_key: ApiKey | None = None,
+    name: str = "",
+    model: str = "",
+    prompt_template: str = "",
+    parameters: dict[str, Any] | None = None,
+    concurrency: Any = None,
+    max_attempts: Any = None,
+    retry_policy: Any = None,
+    handler: str = "",
+    executor: str = "",
+    line_label: str = "items",
+) -> BatchJob:
+    """Validate every item first, then create the job and its items in one transaction.
+
+    `items` are (line number or None, raw item); errors name the line (JSONL) or index.
+    """
+    parameters = parameters or {}
+    if not isinstance(parameters, dict):
+        raise ApiError("'parameters' must be an object.", field="parameters")
+    params_parse(parameters)
+    if not isinstance(model, str) or not isinstance(name, str):
+        raise ApiError("'model' and 'name' must be strings.", field="model")
+    if not isinstance(prompt_template, str):
+        raise ApiError("'prompt_template' must be a string.", field="prompt_template")
+    concurrency = _bounded_int(
+        concurrency,
+        "concurrency",
+        settings.TOKENFLOW_BATCH_DEFAULT_CONCURRENCY,
+        settings.TOKENFLOW_BATCH_MAX_CONCURRENCY,
+    )
+    max_attempts = _bounded_int(
+        max_attempts, "max_attempts", settings.TOKENFLOW_BATCH_MAX_ATTEMPTS, 100
+    )
+    retry_policy = _retry_policy(retry_policy)
+    if handler:
+        try:
+            import_string(handler)
+        except ImportError as exc:
+            raise ApiError(f"Cannot import handler {handler!r}.", field="handler") from exc
+
+    parsed: list[ParsedItem] = []
+    seen: dict[str, str] = {}
+    limit = settings.TOKENFLOW_BATCH_MAX_ITEMS
+    for index, (line, raw) in enumerate(items):
+        where = f"line {line}" if line is not None else f"{line_label}[{index}]"
+        location = {"line": line} if line is not None else {"index": index}
+        if len(parsed) >= limit:
+            raise ApiError(
+                f"Too many items: the limit is {limit} per job.",
+                code="too_many_items",
+                status=413,
+                extra={"limit": limit},
+            )
+        try:
+            item = _item_parse(
+                raw,
+                job_model=model,
+                template=prompt_template,
+                defaults=parameters,
+                needs_model=not executor,
+            )
+        except ApiError as exc:
+            raise _where_error(exc, where, location) from exc
+        if item.custom_id in seen:
+            raise ApiError(
+                f"{where}: duplicate custom_id {item.custom_id!r} "
+                f"(first at {seen[item.custom_id]}).",
+                code="duplicate_custom_id",
+                field="custom_id",
+                extra=location,
+            )
+        seen[item.custom_id] = where
+        parsed.append(item)
+    if not parsed:
+        raise ApiError("The job has no items.", code="empty", field="items")
+    if not executor:
+        names = {item.params["model"] for item in parsed} | ({model} if model else set())
+        for model_name in sorted(names - {AUTO}):
+            model_resolve(model_name)
+
+    with transaction.atomic():
+        job = BatchJob.objects.create(
+            name=name,
+            api_key=api_key,
+            model=model,
+            prompt_template=prompt_template,
+            parameters=parameters,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            retry_policy=retry_policy,
+            handler=handler,
+            executor=executor,
+            total_items=len(parsed),
+        )
+        BatchItem.objects.bulk_create(
+            (BatchItem(job=job, custom_id=i.custom_id, params=i.params) for i in parsed),
+            batch_size=1000,
+        )
+    return job
+
+
+def batch_items_add(*, job: BatchJob, params: list[tuple[str, dict[str, Any]]]) -> int:
+    """Append items whose custom_id the job lacks (the Python client resuming a script)."""
+    existing = set(job.items.values_list("custom_id", flat=True))
+    new = [BatchItem(job=job, custom_id=c, params=p) for c, p in params if c not in existing]
+    with transaction.atomic():
+        BatchItem.objects.bulk_create(new, batch_size=1000)
+        job.total_items = job.items.count()
+        fields = ["total_items"]
+        if new and job.status == Status.COMPLETED:
+            job.status, job.finished_at = Status.RUNNING, None
+            fields += ["status", "finished_at"]
+        job.save(update_fields=fields)
+    return len(new)
+
+
+# --- state transitions -------------------------------------------------------------------
+
+
+def _conflict(job: BatchJob, action: str) -> ApiError:
+    return ApiError(
+        f"Cannot {action} job {job.pk}: it is {job.status}.",
+        code="invalid_state",
+        status=409,
+        extra={"status": job.status},
+    )
+
+
+def _locked(job_id: int) -> BatchJob:
+    return BatchJob.objects.select_for_update().get(pk=job_id)
+
+
+def batch_pause(*, job: BatchJob, mode: str = "soft") -> BatchJob:
+    """Soft: stop claiming, let in-flight items finish. Hard: in-flight items go back to
+    pending at once (no attempt counted); workers drop their now-stale results."""
+    if mode not in ("soft", "hard"):
+        raise ApiError("'mode' must be 'soft' or 'hard'.", field="mode")
+    with transaction.atomic():
+        job = _locked(job.pk)
+        allowed = (*BatchJob.ACTIVE, Status.PAUSING) if mode == "hard" else BatchJob.ACTIVE
+        if job.status not in allowed:
+            raise _conflict(job, f"{mode}-pause")
+        running = job.items.filter(status=ItemStatus.RUNNING)
+        now = timezone.now()
+        if mode == "hard":
+            _release(running)
+            job.status = Status.PAUSED
+        else:
+            _release(running.filter(lease_expires_at__lt=now))
+            job.status = Status.PAUSING if running.exists() else Status.PAUSED
+        job.save(update_fields=["status"])
+    return job
+
+
+def _release(items) -> int:
+    return items.update(status=ItemStatus.PENDING, lease_token="", lease_expires_at=None, worker="")
+
+
+def batch_resume(*, job: BatchJob) -> BatchJob:
+    with transaction.atomic():
+        job = _locked(job.pk)
+        if job.status not in (Status.PAUSED, Status.PAUSING, Status.FAILED):
+            raise _conflict(job, "resume")
+        job.status = Status.RUNNING if job.started_at else Status.PENDING
+        job.finished_at = None
+        job.save(update_fields=["status", "finished_at"])
+    return job
+
+
+def batch_cancel(*, job: BatchJob) -> BatchJob:
+    """Cancel the job and every item not finished yet."""
+    from batches.selectors import batch_statistics
+
+    with transaction.atomic():
+        job = _locked(job.pk)
+        if job.status in BatchJob.TERMINAL:
+            raise _conflict(job, "cancel")
+        now = timezone.now()
+        job.items.filter(status__in=[ItemStatus.PENDING, ItemStatus.RUNNING]).update(
+            status=ItemStatus.CANCELLED,
+            lease_token="",
+            lease_expires_at=None,
+            finished_at=now,
+            error_code="cancelled",
+            error={"code": "cancelled", "message": "The job was cancelled."},
+        )
+        job.status, job.finished_at = Status.CANCELLED, now
+        job.statistics = batch_statistics(job=job)
+        job.save(update_fields=["status", "finished_at", "statistics"])
+    return job
+
+
+def batch_fail(*, job_id: int, message: str) -> None:
+    """The job cannot run at all (e.g. its handler or request function cannot be imported)."""
+    BatchJob.objects.filter(pk=job_id, status__in=BatchJob.ACTIVE).update(
+        status=Status.FAILED,
+        finished_at=timezone.now(),
+        statistics={"error": message},
+    )
+
+
+def batch_finalize(*, job_id: int) -> str:
+    """pausing -> paused once nothing runs; pending/running -> completed once nothing is left."""
+    from batches.selectors import batch_statistics
+
+    with transaction.atomic():
+        job = _locked(job_id)
+        items = job.items
+        if job.status == Status.PAUSING:
+            if not items.filter(status=ItemStatus.RUNNING).exists():
+                job.status = Status.PAUSED
+                job.save(update_fields=["status"])
+        elif (
+            job.status in BatchJob.ACTIVE
+            and not items.filter(status__in=[ItemStatus.PENDING, ItemStatus.RUNNING]).exists()
+        ):
+            job.status, job.finished_at = Status.COMPLETED, timezone.now()
+            job.started_at = job.started_at or job.finished_at
+            job.statistics = batch_statistics(job=job)
+            job.save(update_fields=["status", "finished_at", "started_at", "statistics"])
+        return job.status
+
+
+def batch_release_expired(*, job_id: int) -> int:
+    """Running items whose lease expired (their worker died) become claimable again."""
+    return _release(
+        BatchItem.objects.filter(
+            job_id=job_id,
+            status=ItemStatus.RUNNING,
+            lease_expires_at__lt=timezone.now() - timedelta(seconds=0),
+        )
+    )
