@@ -35,10 +35,19 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("llmlingua", "llmlingua2")
 LLMLINGUA2_DEFAULT_MODEL = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
-# LongLLMLingua appends this to the question when it ranks documents by conditional perplexity.
-QUESTION_SUFFIX = " We can get the answer to this question in the given documents."
+# LongLLMLingua appends " We can get the answer to this question in the given documents." to
+# the question; with a 135M model that dilutes the signal (bench: worse ranks), so it is off.
+QUESTION_SUFFIX = ""
 _WORD = re.compile(r"\s*\S+")
-_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+(?=\s|$)|\n+|$)")
+_SENTENCE = re.compile(r"[^\n]*?(?:[.!?]+(?=\s|$)|\n+|$)")
+_TERM = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(
+    re.findall(
+        r"\w+",
+        "a an and are as at be by did do does for from has have how in is it its of on or that "
+        "the this to was were what when where which who whom why will with",
+    )
+)
 
 
 class CompressorUnavailable(ApiError):
@@ -176,7 +185,8 @@ class LLMLingua2Compressor(CompressorBackend):
             f"LLMLingua-2 needs a token-classification checkpoint and {self.model_name!r} "
             f"could not be loaded ({str(exc)[:300]}). No such checkpoint ships offline: "
             "download one (e.g. microsoft/llmlingua-2-xlm-roberta-large-meetingbank) and set "
-            "TOKENFLOW_COMPRESSOR_MODEL to its directory (or TOKENFLOW_COMPRESSOR_ALLOW_DOWNLOAD=1), "
+            "TOKENFLOW_COMPRESSOR_MODEL to its directory (or allow downloads with "
+            "TOKENFLOW_COMPRESSOR_ALLOW_DOWNLOAD=1), "
             "or use TOKENFLOW_COMPRESSOR_METHOD=llmlingua with the local model "
             "(run `python manage.py prepare_models`)."
         )
@@ -195,6 +205,34 @@ class LLMLingua2Compressor(CompressorBackend):
 
 
 # --- the fast single-pass engine ----------------------------------------------------------
+
+
+def lexical_scores(chunks: list[str], question: str) -> list[float]:
+    """BM25 of the question's content words (prefix-stemmed) against each chunk."""
+
+    def terms(text: str) -> list[str]:
+        return [w[:6] for w in _TERM.findall(text.lower()) if w not in _STOPWORDS]
+
+    docs = [terms(chunk) for chunk in chunks]
+    average = sum(len(d) for d in docs) / max(len(docs), 1) or 1.0
+    scores = []
+    for doc in docs:
+        score = 0.0
+        for term in set(terms(question)):
+            frequency = doc.count(term)
+            if not frequency:
+                continue
+            df = sum(term in d for d in docs)
+            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            score += idf * frequency * 2.2 / (frequency + 1.2 * (0.25 + 0.75 * len(doc) / average))
+        scores.append(score)
+    return scores
+
+
+def _zscores(values: list[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) or 1.0
+    return [(v - mean) / spread for v in values]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -276,12 +314,11 @@ class FastCompressor(CompressorBackend):
                 batch = [rows[i] for i in order[begin : begin + 8]]
                 width = max(len(r) for r in batch) + len(q_ids)
                 ids = torch.full((len(batch), width), pad)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for i, row in enumerate(batch):
                     seq = row + q_ids
                     ids[i, : len(seq)] = torch.tensor(seq)
-                    mask[i, : len(seq)] = 1
-                hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                # Right padding under a causal mask never influences the real positions.
+                hidden = model.model(input_ids=ids).last_hidden_state
                 for i, (row, slot) in enumerate(zip(batch, order[begin : begin + 8], strict=True)):
                     h = hidden[i, len(row) - 1 : len(row) + len(q_ids) - 1]
                     logits = model.lm_head(h).float()
@@ -335,38 +372,36 @@ class FastCompressor(CompressorBackend):
                     word.forced = True
 
     def _apply_question(self, words: list[_Word], request: CompressionRequest) -> list[tuple]:
-        """Boost words by their chunk's relevance; return the most relevant chunk's range.
+        """Boost words by their sentence's relevance; return the top sentences' char ranges.
 
-        Chunks are runs of whole sentences of at least `chunk_chars` characters, so the
-        sentence that answers is kept whole while the ranking costs few extra rows.
+        Relevance is LongLLMLingua's conditional perplexity of the question given each sentence,
+        plus a BM25 term (weight `lexical_weight`): a 135M model alone misranks too often.
         """
-        chunk_chars = int(self.options.get("chunk_chars") or 200)
-        chunks, ranges, pos, current, begin = [], [], 0, "", 0
+        sentences, ranges, pos = [], [], 0
         for sentence in split_sentences(request.text):
-            if not current:
-                begin = pos
-            current += sentence
+            if sentence.strip():
+                sentences.append(sentence)
+                ranges.append((pos, pos + len(sentence)))
             pos += len(sentence)
-            if len(current.strip()) >= chunk_chars:
-                chunks.append(current)
-                ranges.append((begin, pos))
-                current = ""
-        if current.strip():
-            chunks.append(current)
-            ranges.append((begin, pos))
-        if len(chunks) < 2:
+        if len(sentences) < 2:
             return []
-        losses = self._question_losses(chunks, request.question)
-        order = sorted(range(len(chunks)), key=losses.__getitem__)
+        weight = float(self.options.get("lexical_weight", 1.0))
+        losses = self._question_losses(sentences, request.question)
+        lexical = lexical_scores(sentences, request.question)
+        relevance = [
+            -loss + weight * lex
+            for loss, lex in zip(_zscores(losses), _zscores(lexical), strict=True)
+        ]
+        order = sorted(range(len(sentences)), key=lambda i: -relevance[i])
         rank = {index: r for r, index in enumerate(order)}
         scores = [w.score for w in words]
         spread = (max(scores) - min(scores)) if scores else 1.0
         starts = [r[0] for r in ranges]
         for word in words:
             index = max(0, bisect.bisect_right(starts, word.start) - 1)
-            relevance = 1.0 - rank[index] / max(len(chunks) - 1, 1)
-            word.score += spread * relevance
-        return [ranges[order[0]]]
+            word.score += spread * (1.0 - rank[index] / max(len(sentences) - 1, 1))
+        top_k = int(self.options.get("question_top_k", 2))
+        return [ranges[i] for i in order[:top_k]]
 
     @staticmethod
     def _select(words: list[_Word], budget: int) -> list[bool]:
@@ -403,9 +438,10 @@ class FastCompressor(CompressorBackend):
         for token in request.force_tokens:
             forced.extend((m.start(), m.end()) for m in re.finditer(re.escape(token), text))
         if request.question:
+            spent = 0
             for begin, end in self._apply_question(words, request):
-                cost = sum(w.cost for w in words if begin <= w.start < end)
-                if cost <= 0.8 * request.target_tokens:  # keep the answering sentence whole
+                spent += sum(w.cost for w in words if begin <= w.start < end)
+                if spent <= 0.6 * request.target_tokens:  # keep the answering sentences whole
                     forced.append((begin, end))
         self._mark_forced(words, text, forced)
         # The per-word costs are an estimate of the joined text's count: correct and retry.

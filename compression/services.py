@@ -32,7 +32,8 @@ def compress_options_parse(value: Any, *, prefix: str = "") -> dict[str, Any]:
     """Validate a compress option dict ({ratio} or {target_tokens}, question, force_tokens,
     instruction, engine, method); 400 naming the field (`prefix` + name) on bad input."""
     if not isinstance(value, dict):
-        raise ApiError("Compression options must be a JSON object.", field=prefix.rstrip(".") or None)
+        field = prefix.rstrip(".") or None
+        raise ApiError("Compression options must be a JSON object.", field=field)
 
     def fail(message: str, name: str) -> None:
         raise ApiError(message, field=f"{prefix}{name}")
@@ -254,9 +255,7 @@ async def acompression_create(
             "method": method,
         },
     )
-    result = await sync_to_async(compression_compute, thread_sensitive=False)(
-        text=text, **options
-    )
+    result = await sync_to_async(compression_compute, thread_sensitive=False)(text=text, **options)
     return await sync_to_async(compression_persist)(
         text=text,
         result=result,
