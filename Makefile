@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench clean
+.PHONY: install assets serve test test-fast lint format bench bench-compression clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench: assets
 	@for script in bench/*.py; do \
 		case $$script in */harness.py|*/mock_upstream.py|*/__init__.py) continue;; esac; \
 		echo "== $$script"; $(PY) $$script || exit 1; done
+
+bench-compression: assets
+	$(PY) bench/compression.py --out bench/results/compression.txt
 
 clean:
 	rm -rf $(VENV) var
