@@ -41,6 +41,7 @@ QUESTION_SUFFIX = ""
 _WORD = re.compile(r"\s*\S+")
 _SENTENCE = re.compile(r"[^\n]*?(?:[.!?]+(?=\s|$)|\n+|$)")
 _TERM = re.compile(r"[a-z0-9]+")
+_ENTITY = re.compile(r"\d|^\s*[\W_]*[A-Z]")
 _STOPWORDS = frozenset(
     re.findall(
         r"\w+",
@@ -354,9 +355,15 @@ class FastCompressor(CompressorBackend):
 
         encoding = _encoding(settings.TOKENFLOW_COMPRESSOR_TOKEN_ENCODING)
         costs = encoding.encode_batch([text[s:e] for s, e in spans], disallowed_special=())
+        # Numbers, IDs and capitalised names carry the facts a reader needs: a soft bonus
+        # (in nats), like llmlingua's force_reserve_digit but without forcing them all.
+        bonus = float(self.options.get("entity_bonus", 3.0))
         words = []
         for (start, end), total, count, cost in zip(spans, totals, counts, costs, strict=True):
-            words.append(_Word(start, end, len(cost), total / count if count else 0.0))
+            score = total / count if count else 0.0
+            if bonus and _ENTITY.search(text[start:end]):
+                score += bonus
+            words.append(_Word(start, end, len(cost), score))
         return words
 
     def _mark_forced(self, words: list[_Word], text: str, forced_ranges: list[tuple]) -> None:

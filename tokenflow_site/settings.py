@@ -269,6 +269,11 @@ TOKENFLOW_COMPRESSOR_ALLOW_DOWNLOAD = env_bool("TOKENFLOW_COMPRESSOR_ALLOW_DOWNL
 TOKENFLOW_COMPRESSOR_OPTIONS = {
     "quantize": os.environ.get("TOKENFLOW_COMPRESSOR_QUANTIZE", "int8"),  # int8 | none
     "threads": int(os.environ.get("TOKENFLOW_COMPRESSOR_THREADS", 0)),  # 0 = torch default
+    # Score bonus (nats) for words with digits or capitals: IDs, numbers, names survive.
+    "entity_bonus": float(os.environ.get("TOKENFLOW_COMPRESSOR_ENTITY_BONUS", 3.0)),
+    # Question-aware ranking: weight of BM25 next to conditional perplexity; sentences kept whole.
+    "lexical_weight": float(os.environ.get("TOKENFLOW_COMPRESSOR_LEXICAL_WEIGHT", 1.0)),
+    "question_top_k": int(os.environ.get("TOKENFLOW_COMPRESSOR_QUESTION_TOP_K", 2)),
 }
 # Prompts under this many tokens are returned unchanged (skipped: true).
 TOKENFLOW_COMPRESSOR_MIN_TOKENS = int(os.environ.get("TOKENFLOW_COMPRESSOR_MIN_TOKENS", 64))
