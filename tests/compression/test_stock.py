@@ -42,7 +42,7 @@ def test_stock_engine_compresses_with_llmlingua(client, auth, long_text):
     text = long_text[:700]  # stock is slow (iterative): keep this short
     response = client.post(
         "/api/compress",
-        {"text": text, "ratio": 0.5, "engine": "stock", "question": "Who was on call?"},
+        {"text": text, "ratio": 0.5, "engine": "stock"},
         content_type="application/json",
         **auth,
     )
