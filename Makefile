@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,11 @@ bench-fanout: install
 bench-classify: assets
 	$(PY) bench/classification.py
 
-clean:
-	rm -rf $(VENV) var
+bench-compression: assets
+	$(PY) bench/compression.py --out bench/results/compression.txt
 
 bench-batches: install
 	$(PY) bench/batches.py
+
+clean:
+	rm -rf $(VENV) var

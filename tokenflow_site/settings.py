@@ -257,6 +257,32 @@ TOKENFLOW_SIDECARS: list[list[str]] = []
 # ---------------------------------------------------------------------------
 # TokenFlow: compression
 # ---------------------------------------------------------------------------
+# Engine: a name from TOKENFLOW_COMPRESSOR_ENGINES or a dotted path to a CompressorBackend.
+TOKENFLOW_COMPRESSOR_ENGINES = {
+    "fast": "compression.engines.FastCompressor",
+    "stock": "compression.engines.StockCompressor",
+}
+TOKENFLOW_COMPRESSOR = os.environ.get("TOKENFLOW_COMPRESSOR", "fast")
+# Any HF causal LM path or hub id ("" = the offline SmolLM2 directory); for llmlingua2 a
+# token-classification checkpoint (default microsoft/llmlingua-2-xlm-roberta-large-meetingbank).
+TOKENFLOW_COMPRESSOR_MODEL = os.environ.get("TOKENFLOW_COMPRESSOR_MODEL", "")
+TOKENFLOW_COMPRESSOR_METHOD = os.environ.get("TOKENFLOW_COMPRESSOR_METHOD", "llmlingua")
+TOKENFLOW_COMPRESSOR_ALLOW_DOWNLOAD = env_bool("TOKENFLOW_COMPRESSOR_ALLOW_DOWNLOAD", False)
+TOKENFLOW_COMPRESSOR_OPTIONS = {
+    "quantize": os.environ.get("TOKENFLOW_COMPRESSOR_QUANTIZE", "int8"),  # int8 | none
+    "threads": int(os.environ.get("TOKENFLOW_COMPRESSOR_THREADS", 0)),  # 0 = torch default
+    # Score bonus (nats) for words with digits or capitals: IDs, numbers, names survive.
+    "entity_bonus": float(os.environ.get("TOKENFLOW_COMPRESSOR_ENTITY_BONUS", 3.0)),
+    # Question-aware ranking: weight of BM25 next to conditional perplexity; sentences kept whole.
+    "lexical_weight": float(os.environ.get("TOKENFLOW_COMPRESSOR_LEXICAL_WEIGHT", 1.0)),
+    "question_top_k": int(os.environ.get("TOKENFLOW_COMPRESSOR_QUESTION_TOP_K", 2)),
+}
+# Prompts under this many tokens are returned unchanged (skipped: true).
+TOKENFLOW_COMPRESSOR_MIN_TOKENS = int(os.environ.get("TOKENFLOW_COMPRESSOR_MIN_TOKENS", 64))
+TOKENFLOW_COMPRESSOR_MAX_CHARS = int(os.environ.get("TOKENFLOW_COMPRESSOR_MAX_CHARS", 100_000))
+TOKENFLOW_COMPRESSOR_TOKEN_ENCODING = os.environ.get(
+    "TOKENFLOW_COMPRESSOR_TOKEN_ENCODING", TOKENFLOW_TOKENIZER_ENCODING
+)
 
 # ---------------------------------------------------------------------------
 # TokenFlow: streaming transports and providers
