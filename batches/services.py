@@ -26,16 +26,9 @@ ItemStatus = BatchItem.Status
 # --- model "auto" ------------------------------------------------------------------------
 
 
-def model_auto_default(messages: list[dict[str, str]]) -> ModelRanking:
-    """The seam for model "auto": the best-ranked enabled model (the lead wires classification)."""
-    model = ModelRanking.objects.enabled().order_by("rank", "name").first()
-    if model is None:
-        raise ApiError("No enabled model for 'auto'.", code="model_not_found", status=404)
-    return model
-
-
 def model_auto(messages: list[dict[str, str]]) -> ModelRanking:
-    """Resolve "auto" for one item through settings.TOKENFLOW_BATCH_AUTO_SELECT."""
+    """Resolve "auto" for one item through settings.TOKENFLOW_BATCH_AUTO_SELECT
+    (default: classify the prompt and take its route's first ready model)."""
     return import_string(settings.TOKENFLOW_BATCH_AUTO_SELECT)(messages)
 
 

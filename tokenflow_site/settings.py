@@ -339,7 +339,7 @@ TOKENFLOW_BATCH_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_POLL_SECOND
 TOKENFLOW_BATCH_PROGRESS_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_PROGRESS_SECONDS", 0.5))
 # Resolves model "auto" for an item's messages: (messages) -> ModelRanking.
 TOKENFLOW_BATCH_AUTO_SELECT = os.environ.get(
-    "TOKENFLOW_BATCH_AUTO_SELECT", "batches.services.model_auto_default"
+    "TOKENFLOW_BATCH_AUTO_SELECT", "routing.services.selection.model_for_messages"
 )
 # Policy hooks API clients may name (the Python client and staff may use any dotted path).
 TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")

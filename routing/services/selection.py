@@ -20,7 +20,7 @@ from accounts.models import ApiKey
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ProviderError
 from routing.providers.registry import provider_for
-from routing.services.classification import classification_acreate
+from routing.services.classification import classification_acreate, classification_create
 from routing.services.generation import (
     GenerationParams,
     StreamEvent,
@@ -128,6 +128,16 @@ async def model_select(
     )
     model, fallbacks, info, skipped = await sync_to_async(_route)(classification.top_category)
     return Selection(classification, model, fallbacks, info, skipped)
+
+
+def model_for_messages(
+    messages: list[dict[str, str]], *, source: str = Prompt.Source.BATCH
+) -> ModelRanking:
+    """Classify (persisted) and route without streaming: batch items with model "auto"."""
+    classification = classification_create(
+        prompt=prompt_text(messages), source=source, messages=messages
+    )
+    return _route(classification.top_category)[0]
 
 
 async def selection_prepare(

@@ -8,10 +8,11 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from batches.models import BatchAttempt, BatchItem, BatchJob
-from batches.services import batch_cancel, batch_pause, batch_resume
+from batches.services import batch_cancel, batch_create, batch_pause, batch_resume
 from routing.providers.mock import reset_mock_calls
 from tests.batches.helpers import make_job, refresh, run_worker, wait_for, worker
-from tests.factories import mock_model
+from routing.models import Classification
+from tests.factories import mock_model, route
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -250,3 +251,23 @@ async def test_two_workers_never_claim_the_same_item():
     assert len({a.item_id for a in attempts}) == 300
     assert sum(w.upstream_calls for w in workers) == 300
     assert all(w.upstream_calls > 0 for w in workers)
+
+
+async def test_model_auto_classifies_each_item_and_follows_its_route(settings):
+    settings.TOKENFLOW_CLASSIFIER = "tests.routing.fake_classifier.KeywordClassifier"
+    maths = await sync_to_async(mock_model)(response="maths model")
+    poems = await sync_to_async(mock_model)(response="poetry model")
+    await sync_to_async(route)("maths", maths)
+    await sync_to_async(route)("poems", poems)
+    items = [
+        (None, {"custom_id": "a", "body": {"prompt": "some maths please"}}),
+        (None, {"custom_id": "b", "body": {"prompt": "write poems please"}}),
+    ]
+    job = await sync_to_async(batch_create)(items=items, model="auto")
+    await run_worker(job)
+    results = {i.custom_id: (i.status, i.model_name, i.result["text"]) for i in await items_of(job)}
+    assert results == {
+        "a": ("completed", maths.name, "maths model"),
+        "b": ("completed", poems.name, "poetry model"),
+    }
+    assert await Classification.objects.filter(top_category__in=["maths", "poems"]).acount() == 2
