@@ -9,9 +9,9 @@ from django.utils import timezone
 
 from batches.models import BatchAttempt, BatchItem, BatchJob
 from batches.services import batch_cancel, batch_create, batch_pause, batch_resume
+from routing.models import Classification
 from routing.providers.mock import reset_mock_calls
 from tests.batches.helpers import make_job, refresh, run_worker, wait_for, worker
-from routing.models import Classification
 from tests.factories import mock_model, route
 
 pytestmark = pytest.mark.django_db(transaction=True)
