@@ -1,3 +1,9 @@
 """WebSocket routes; each app appends its consumers here."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from routing.consumers import GenerateConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/generate/", GenerateConsumer.as_asgi()),
+]

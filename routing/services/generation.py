@@ -19,6 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from routing import metrics
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError
 from routing.providers.registry import provider_for
@@ -157,6 +158,27 @@ def model_resolve(name: Any) -> ModelRanking:
     return model
 
 
+@dataclass
+class ModelChoice:
+    """The model a request runs on, the fallbacks to try before the first token, and (for
+    routed requests) the classification that chose them."""
+
+    model: ModelRanking
+    fallbacks: list[ModelRanking] = field(default_factory=list)
+    classification: Classification | None = None
+
+
+def model_choose(
+    *, name: Any, messages: list[dict[str, str]], api_key: ApiKey | None
+) -> ModelChoice:
+    """THE seam for model resolution of every transport (SSE, NDJSON, WS, /v1).
+
+    Today: an explicit model name. The routing feature plugs `model: "auto"` in here
+    (classify `messages`, pick the route, fallbacks = lower-priority routes).
+    """
+    return ModelChoice(model=model_resolve(name))
+
+
 def provider_check(model: ModelRanking) -> None:
     """503 naming the missing variable (or other reason) if the provider cannot serve."""
     try:
@@ -203,12 +225,37 @@ def generation_prepare(
     )
 
 
+def generation_create(
+    *,
+    data: dict[str, Any],
+    api_key: ApiKey | None,
+    transport: str,
+    source: str = Prompt.Source.API,
+) -> tuple[Generation, list[ModelRanking]]:
+    """Validate a request body (prompt/messages, model, sampling params) and persist a queued
+    Generation; returns it with its fallbacks. Raises ApiError (400/404/413/503)."""
+    messages = messages_parse(data)
+    params = params_parse(data)
+    choice = model_choose(name=data.get("model"), messages=messages, api_key=api_key)
+    generation = generation_prepare(
+        model=choice.model,
+        messages=messages,
+        params=params,
+        api_key=api_key,
+        transport=transport,
+        source=source,
+        classification=choice.classification,
+    )
+    return generation, choice.fallbacks
+
+
 def _finish(generation: Generation, status: str, **fields: Any) -> None:
     generation.status = status
     generation.finished_at = timezone.now()
     for name, value in fields.items():
         setattr(generation, name, value)
     generation.save()
+    metrics.GENERATIONS.labels(status=status, provider=generation.provider).inc()
     _jsonl_log(generation)
 
 
@@ -284,6 +331,9 @@ async def _stream_model(
                     if chunk.text:
                         if not parts:
                             generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
+                            metrics.TTFT.labels(provider=model.provider).observe(
+                                generation.ttft_ms / 1000
+                            )
                             generation.status = Generation.Status.STREAMING
                             await sync_to_async(generation.save)(
                                 update_fields=[
@@ -333,6 +383,22 @@ async def generation_run(
     the iterator (client gone, cancel) persists the row as cancelled with its partial
     text and stops the upstream call.
     """
+    in_flight = metrics.IN_FLIGHT.labels(transport=generation.transport or "-")
+    in_flight.inc()
+    try:
+        async with aclosing(_run(generation, extra=extra, fallbacks=fallbacks)) as events:
+            async for event in events:
+                yield event
+    finally:
+        in_flight.dec()
+
+
+async def _run(
+    generation: Generation,
+    *,
+    extra: dict[str, Any] | None,
+    fallbacks: list[ModelRanking] | None,
+) -> AsyncIterator[StreamEvent]:
     yield StreamEvent("metadata", metadata_for(generation))
     state: dict[str, Any] = {"started": time.monotonic(), "finish_reason": "stop", "usage": None}
     started = state["started"]
