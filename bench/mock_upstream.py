@@ -11,6 +11,7 @@ measure how late it arrived. `server.log` records ("start"|"done"|"disconnected"
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -60,7 +61,9 @@ class MockUpstream:
     def _send_head(writer, status: int, content_type: str, extra: dict | None = None, length=None):
         reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
         lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}"]
-        lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+        lines.append(
+            f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+        )
         lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
@@ -182,7 +185,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8911)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.02)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(parser.parse_args()))
-    except KeyboardInterrupt:
-        pass

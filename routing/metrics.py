@@ -13,6 +13,4 @@ TTFT = Histogram(
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-IN_FLIGHT = Gauge(
-    "tokenflow_streams_in_flight", "Generations currently running.", ["transport"]
-)
+IN_FLIGHT = Gauge("tokenflow_streams_in_flight", "Generations currently running.", ["transport"])

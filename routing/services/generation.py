@@ -184,7 +184,9 @@ def provider_check(model: ModelRanking) -> None:
     try:
         provider_for(model).check_ready()
     except ProviderError as exc:
-        raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
+        raise ApiError(
+            exc.message, code=exc.code, status=exc.status, retry_after=exc.retry_after
+        ) from exc
 
 
 # --- persistence -------------------------------------------------------------------------

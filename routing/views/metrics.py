@@ -18,5 +18,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
             token is not None and api_key_authenticate(raw=token) is not None
         )
         if not allowed:
-            return json_error("Metrics need a staff session or an API key.", code="forbidden", status=403)
+            return json_error(
+                "Metrics need a staff session or an API key.", code="forbidden", status=403
+            )
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -39,7 +39,9 @@ def openai_error(
     body = {
         "error": {
             "message": message,
-            "type": ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
+            "type": ERROR_TYPES.get(
+                status, "api_error" if status >= 500 else "invalid_request_error"
+            ),
             "param": param,
             "code": code,
         }
@@ -85,7 +87,9 @@ def _chunk(gen_id: str, model: str, created: int, delta: dict, finish=None, usag
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if delta is not None else [],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        if delta is not None
+        else [],
     }
     if usage is not None:
         body["usage"] = usage
@@ -177,7 +181,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         )
     except ApiError as exc:
         return openai_error(
-            exc.message, code=exc.code, status=exc.status, param=exc.field, retry_after=exc.retry_after
+            exc.message,
+            code=exc.code,
+            status=exc.status,
+            param=exc.field,
+            retry_after=exc.retry_after,
         )
     events = generation_run(generation, fallbacks=fallbacks)
     if not stream:

@@ -173,7 +173,11 @@ async def test_client_disconnect_cancels_and_keeps_partial_text(key):
     ("body", "status", "code"),
     [
         ({"prompt": "x"}, 400, "required"),
-        ({"model": "M", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}, 400, "invalid"),
+        (
+            {"model": "M", "prompt": "x", "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "invalid",
+        ),
         ({"model": "M"}, 400, "required"),
         ({"model": "nope", "prompt": "x"}, 404, "model_not_found"),
         ({"model": "M", "prompt": "x", "temperature": 3}, 400, "out_of_range"),
