@@ -5,6 +5,7 @@ items) consumes the one async iterator of StreamEvents that `generation_run` yie
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -331,25 +332,21 @@ async def _stream_model(
                     if chunk.info:
                         yield StreamEvent("info", chunk.info)
                     if chunk.text:
-                        if not parts:
+                        first = not parts
+                        parts.append(chunk.text)
+                        if first:
                             generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
+                        yield StreamEvent("text", {"text": chunk.text})
+                        if first:
                             metrics.TTFT.labels(provider=model.provider).observe(
                                 generation.ttft_ms / 1000
                             )
+                            # Persist "streaming" off the token path (one DB write would
+                            # delay the next token); _run awaits it before the final save.
                             generation.status = Generation.Status.STREAMING
-                            await sync_to_async(generation.save)(
-                                update_fields=[
-                                    "status",
-                                    "ttft_ms",
-                                    "started_at",
-                                    "model",
-                                    "model_name",
-                                    "provider",
-                                    "upstream_model",
-                                ]
+                            state["marking"] = asyncio.create_task(
+                                sync_to_async(_mark_streaming)(generation)
                             )
-                        parts.append(chunk.text)
-                        yield StreamEvent("text", {"text": chunk.text})
                     if chunk.finish_reason:
                         state["finish_reason"] = chunk.finish_reason
                     if chunk.usage:
@@ -362,6 +359,27 @@ async def _stream_model(
             if parts or not exc.retryable or attempt == max_attempts:
                 raise
             await asyncio.sleep(_backoff(attempt, exc.retry_after))
+
+
+def _mark_streaming(generation: Generation) -> None:
+    """queued -> streaming (guarded: never overwrites a terminal status)."""
+    Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
+        status=Generation.Status.STREAMING,
+        ttft_ms=generation.ttft_ms,
+        started_at=generation.started_at,
+        model=generation.model,
+        model_name=generation.model_name,
+        provider=generation.provider,
+        upstream_model=generation.upstream_model,
+    )
+
+
+async def _settle(state: dict[str, Any]) -> None:
+    """Wait for the pending "streaming" write so the final save comes after it."""
+    task = state.pop("marking", None)
+    if task is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
 
 
 def _use_model(generation: Generation, model: ModelRanking) -> None:
@@ -432,6 +450,7 @@ async def _run(
                     },
                 )
     except ProviderError as exc:
+        await _settle(state)
         await sync_to_async(_finish)(
             generation,
             Generation.Status.FAILED,
@@ -453,6 +472,7 @@ async def _run(
         )
         return
     except (GeneratorExit, asyncio.CancelledError):
+        await _settle(state)
         await asyncio.shield(
             sync_to_async(_finish)(
                 generation,
@@ -467,6 +487,7 @@ async def _run(
         raise
     except Exception as exc:
         logger.exception("Generation %s crashed", generation.pk)
+        await _settle(state)
         await sync_to_async(_finish)(
             generation,
             Generation.Status.FAILED,
@@ -493,6 +514,7 @@ async def _run(
     completion_tokens = usage.get("completion_tokens")
     if completion_tokens is None:
         completion_tokens = count_tokens(text)
+    await _settle(state)
     await sync_to_async(_finish)(
         generation,
         Generation.Status.COMPLETED,

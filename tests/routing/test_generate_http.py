@@ -273,4 +273,3 @@ async def test_sse_concurrent_streams_all_complete(client):
 
     results = await asyncio.gather(*(one() for _ in range(10)))
     assert all(events[-1][0] == "end_stream" for events in results)
-
