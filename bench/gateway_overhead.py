@@ -71,7 +71,8 @@ def main() -> None:
         gateway.manage("migrate", "--noinput")
         gateway.shell(
             "from routing.models import ModelRanking; ModelRanking.objects.create("
-            f"name='bench/upstream', provider='custom', upstream_model='bench', base_url='{upstream}')"
+            "name='bench/upstream', provider='custom', upstream_model='bench', "
+            f"base_url='{upstream}')"
         )
         key = gateway.api_key()
         gateway.start()

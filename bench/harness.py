@@ -82,10 +82,9 @@ class Gateway:
                 PY,
                 "-m",
                 "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
+                # A deep accept backlog: hundreds of clients connect at once.
+                "-e",
+                f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
                 "tokenflow_site.asgi:application",
             ],
             cwd=ROOT,
