@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench clean
+.PHONY: install assets serve test test-fast lint format bench clean bench-overhead bench-concurrency bench-local
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ bench: assets
 	@for script in bench/*.py; do \
 		case $$script in */harness.py|*/mock_upstream.py|*/__init__.py) continue;; esac; \
 		echo "== $$script"; $(PY) $$script || exit 1; done
+
+bench-overhead: assets
+	$(PY) bench/gateway_overhead.py | tee bench/results/gateway_overhead.txt
+
+bench-concurrency: assets
+	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+bench-local: assets
+	$(PY) bench/local_model.py | tee bench/results/local_model.txt
 
 clean:
 	rm -rf $(VENV) var
