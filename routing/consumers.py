@@ -46,6 +46,10 @@ def ws_handler(message_type: str) -> Callable[[Handler], Handler]:
 class GenerateConsumer(AsyncJsonWebsocketConsumer):
     """One socket, one running job at a time (`self.task`), many jobs one after another."""
 
+    # No channel layer: nothing is sent to this socket from outside, and a layer would cost a
+    # Redis subscription per socket. A feature that needs groups sets "default" here.
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         self.api_key = self.scope.get("api_key")
         self.authenticated = await scope_is_authenticated(self.scope)
