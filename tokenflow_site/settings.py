@@ -264,7 +264,9 @@ TOKENFLOW_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("TOKENFLOW_UPSTREAM_CO
 TOKENFLOW_UPSTREAM_READ_TIMEOUT = float(os.environ.get("TOKENFLOW_UPSTREAM_READ_TIMEOUT", 60))
 # Local model: requests allowed to wait behind the running one(s); beyond that 503.
 TOKENFLOW_LOCAL_QUEUE_SIZE = int(os.environ.get("TOKENFLOW_LOCAL_QUEUE_SIZE", 8))
-TOKENFLOW_LOCAL_CONCURRENCY = int(os.environ.get("TOKENFLOW_LOCAL_CONCURRENCY", 1))
+# Sequences generating at once; greedy ones share one batched forward pass.
+TOKENFLOW_LOCAL_CONCURRENCY = int(os.environ.get("TOKENFLOW_LOCAL_CONCURRENCY", 4))
+TOKENFLOW_LOCAL_BATCH_WINDOW = float(os.environ.get("TOKENFLOW_LOCAL_BATCH_WINDOW", 0.01))
 TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS = int(os.environ.get("TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS", 256))
 # Retry-After (seconds) sent with a 503 queue_full.
 TOKENFLOW_LOCAL_RETRY_AFTER = float(os.environ.get("TOKENFLOW_LOCAL_RETRY_AFTER", 5))

@@ -8,6 +8,7 @@ Closing the stream sets a flag that a stopping criterion checks after every toke
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,23 +93,84 @@ def queue_full_error() -> ProviderError:
 
 
 _queue = LocalQueue()
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
 
 
 def local_queue() -> LocalQueue:
     return _queue
 
 
-def _worker_pool() -> ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                max_workers=max(1, settings.TOKENFLOW_LOCAL_CONCURRENCY),
-                thread_name_prefix="local-llm",
-            )
-        return _executor
+@dataclass(eq=False)
+class Job:
+    """One request handed to the worker: its chunks go out through `emit`, then None."""
+
+    request: ChatRequest
+    emit: Emit
+    cancelled: threading.Event
+    on_done: Callable[[], None]
+    finished: bool = False
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.emit(None)
+            self.on_done()
+
+    def batchable(self) -> bool:
+        """Greedy requests without stop strings or seeds share one forward pass."""
+        r = self.request
+        return not r.temperature and not r.stop and r.seed is None
+
+
+class Batcher:
+    """Runs jobs on one worker thread, several greedy jobs per `generate` call (left padding,
+    attention mask); a thread exists only while there is work."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: deque[Job] = deque()
+        self._running = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+
+    def submit(self, job: Job, run: Callable[[list[Job]], None]) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            if self._running:
+                return
+            self._running = True
+        self._pool.submit(self._drain, run)
+
+    def _next_batch(self) -> list[Job]:
+        with self._lock:
+            short = 0 < len(self._jobs) < settings.TOKENFLOW_LOCAL_CONCURRENCY
+        if short and self._jobs[0].batchable():
+            time.sleep(settings.TOKENFLOW_LOCAL_BATCH_WINDOW)  # let simultaneous requests join
+        with self._lock:
+            if not self._jobs:
+                self._running = False
+                return []
+            batch = [self._jobs.popleft()]
+            if batch[0].batchable():
+                limit = settings.TOKENFLOW_LOCAL_CONCURRENCY
+                while self._jobs and len(batch) < limit and self._jobs[0].batchable():
+                    batch.append(self._jobs.popleft())
+            return batch
+
+    def _drain(self, run: Callable[[list[Job]], None]) -> None:
+        while batch := self._next_batch():
+            live = [job for job in batch if not job.cancelled.is_set()]
+            try:
+                if live:
+                    run(live)
+            except BaseException as exc:  # surfaced to each waiting stream
+                for job in live:
+                    if not job.finished:
+                        job.emit(exc)
+            finally:
+                for job in batch:
+                    job.finish()
+
+
+_batcher = Batcher()
 
 
 def hf_generate(request: ChatRequest, emit: Emit, cancelled: threading.Event) -> None:
@@ -179,10 +241,106 @@ def hf_generate(request: ChatRequest, emit: Emit, cancelled: threading.Event) ->
     )
 
 
+def hf_generate_batch(jobs: list[Job]) -> None:
+    """Blocking: greedy `generate` over several chat prompts at once (left-padded, masked);
+    each row streams to its own job and stops alone (EOS, its max_tokens, or cancel)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from routing.local_model import load_local_model
+
+    tokenizer, model = load_local_model()
+    prompts = [
+        list(tokenizer.apply_chat_template(job.request.messages, add_generation_prompt=True))
+        for job in jobs
+    ]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    limits = [job.request.max_tokens or settings.TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS for job in jobs]
+    generated: list[list[int]] = [[] for _ in jobs]
+    printed = [0] * len(jobs)
+    done = [False] * len(jobs)
+
+    def close(row: int, reason: str) -> None:
+        done[row] = True
+        jobs[row].emit(
+            Chunk(
+                finish_reason=reason,
+                usage={
+                    "prompt_tokens": len(prompts[row]),
+                    "completion_tokens": len(generated[row]),
+                },
+            )
+        )
+        jobs[row].finish()
+
+    class Streamer:
+        def __init__(self) -> None:
+            self.prompt_seen = False
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:  # the first put is the prompt batch
+                self.prompt_seen = True
+                return
+            for row, token in enumerate(value.reshape(-1).tolist()):
+                if done[row]:
+                    continue
+                if jobs[row].cancelled.is_set():
+                    close(row, "cancelled")
+                    continue
+                if token in eos_ids:
+                    generated[row].append(token)  # counted, like the one-at-a-time path
+                    close(row, "stop")
+                    continue
+                generated[row].append(token)
+                text = tokenizer.decode(generated[row], skip_special_tokens=True)
+                if not text.endswith("\ufffd") and len(text) > printed[row]:
+                    jobs[row].emit(Chunk(text[printed[row] :]))
+                    printed[row] = len(text)
+                if len(generated[row]) >= limits[row]:
+                    close(row, "length")
+
+        def end(self) -> None:
+            pass
+
+    class RowsDone(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor(
+                [d or job.cancelled.is_set() for d, job in zip(done, jobs, strict=True)]
+            )
+
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max(limits),
+            do_sample=False,
+            streamer=Streamer(),
+            stopping_criteria=StoppingCriteriaList([RowsDone()]),
+            pad_token_id=pad,
+        )
+    for row in range(len(jobs)):
+        if not done[row]:
+            close(row, "length" if len(generated[row]) >= limits[row] else "stop")
+
+
 class LocalHFProvider(BaseProvider):
     """Streams from the local model; `generate` (blocking, thread) is swappable in tests."""
 
     generate: Callable[[ChatRequest, Emit, threading.Event], None] = staticmethod(hf_generate)
+    generate_batch: Callable[[list[Job]], None] = staticmethod(hf_generate_batch)
+
+    @classmethod
+    def run_batch(cls, jobs: list[Job]) -> None:
+        """Worker thread: one job alone (any sampling), or several greedy ones together."""
+        if len(jobs) == 1:
+            cls.generate(jobs[0].request, jobs[0].emit, jobs[0].cancelled)
+        else:
+            cls.generate_batch(jobs)
 
     def check_ready(self) -> None:
         if _queue.is_full():
@@ -204,17 +362,10 @@ class LocalHFProvider(BaseProvider):
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(chunks.put_nowait, item)
 
-            def work() -> None:
-                try:
-                    self.generate(request, emit, cancelled)
-                except BaseException as exc:  # surfaced on the loop side
-                    emit(exc)
-                finally:
-                    emit(None)
-
-            future = _worker_pool().submit(work)
-            # The slot is freed when the thread really stops, not when the client leaves.
-            future.add_done_callback(lambda _f: _queue.leave(ticket))
+            # The slot is freed when the worker is done with this job, not when the client
+            # leaves (a cancelled row still occupies the batch until its next token).
+            job = Job(request, emit, cancelled, on_done=lambda: _queue.leave(ticket))
+            _batcher.submit(job, type(self).run_batch)
             handed_over = True
             while (item := await chunks.get()) is not None:
                 if isinstance(item, BaseException):

@@ -141,3 +141,50 @@ async def test_real_local_model_streams_tokens(settings):
     assert len(texts) >= 3 and "Paris" in "".join(texts)
     row = await Generation.objects.aget(pk=generation.pk)
     assert row.status == "completed" and row.completion_tokens <= 12 and row.prompt_tokens > 5
+
+
+@pytest.mark.model
+async def test_real_batched_generation_matches_one_at_a_time(settings):
+    """Greedy rows of different prompt lengths in one forward pass (left padding + mask)
+    produce exactly what each prompt produces alone; each row stops at its own max_tokens."""
+    settings.TOKENFLOW_LOCAL_CONCURRENCY = 3
+    settings.TOKENFLOW_LOCAL_QUEUE_SIZE = 4
+    settings.TOKENFLOW_LOCAL_BATCH_WINDOW = 0.5  # generous: all three join one batch
+    questions = [
+        ("What is the capital of France?", 10),
+        ("Name a primary colour.", 6),
+        ("Give me one word that rhymes with cat, and explain why it rhymes.", 8),
+    ]
+    batches: list[int] = []
+    original = LocalHFProvider.generate_batch
+
+    def counting(jobs):
+        batches.append(len(jobs))
+        original(jobs)
+
+    async def ask(question: str, tokens: int) -> tuple[str, dict]:
+        request = ChatRequest(
+            messages=[{"role": "user", "content": question}], model="local", max_tokens=tokens
+        )
+        text, usage = "", None
+        async for chunk in provider().stream(request):
+            text += chunk.text
+            usage = chunk.usage or usage
+        return text, usage
+
+    alone = [await ask(q, n) for q, n in questions]
+    LocalHFProvider.generate_batch = staticmethod(counting)
+    try:
+        together = await asyncio.wait_for(
+            asyncio.gather(*(ask(q, n) for q, n in questions)), timeout=120
+        )
+    finally:
+        LocalHFProvider.generate_batch = original
+    assert batches == [3]
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    assert [u["completion_tokens"] for _, u in together] == [
+        u["completion_tokens"] for _, u in alone
+    ]
+    assert all(
+        u["completion_tokens"] <= n for (_, u), (_, n) in zip(together, questions, strict=True)
+    )
