@@ -2,8 +2,9 @@
 
 In one process (same weights, same thread count): raw greedy `generate`, then the local
 provider's stream (worker thread + queue + per-token decode), then 4 concurrent requests
-(aggregate tokens/s; they share the queue's TOKENFLOW_LOCAL_CONCURRENCY slots). Finally one
-stream through a daphne process over SSE.
+(aggregate tokens/s) one at a time (TOKENFLOW_LOCAL_CONCURRENCY=1) and batched into one
+forward pass (=4). Finally one
+stream through a daphne process over SSE (interleaved with the in-process runs).
 
     .venv/bin/python bench/local_model.py [--tokens 64 --runs 3]
 """
@@ -61,35 +62,35 @@ async def concurrent(tokens: int, count: int) -> float:
     return sum(n for n, _ in results) / (time.perf_counter() - started)
 
 
-def through_daphne(tokens: int) -> float:
+def daphne_stream(gateway, key: str, tokens: int) -> float:
+    body = {"model": "local/bench", "messages": PROMPT, "max_tokens": tokens}
+    started, usage = time.perf_counter(), None
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/api/generate",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=600,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"usage"' in line:
+                usage = json.loads(line[6:])["usage"]
+    return usage["completion_tokens"] / (time.perf_counter() - started)
+
+
+def start_gateway():
     from bench.harness import Gateway
 
     gateway = Gateway()
-    try:
-        gateway.manage("migrate", "--noinput")
-        gateway.shell(
-            "from routing.models import ModelRanking; ModelRanking.objects.create("
-            "name='local/bench', provider='local', upstream_model='smollm2')"
-        )
-        key = gateway.api_key()
-        gateway.start()
-        body = {"model": "local/bench", "messages": PROMPT, "max_tokens": tokens}
-        headers = {"Authorization": f"Bearer {key}"}
-        rates = []
-        for _ in range(2):  # the first run loads the model in the server process
-            started, first, usage = time.perf_counter(), None, None
-            with httpx.stream(
-                "POST", f"{gateway.url}/api/generate", json=body, headers=headers, timeout=300
-            ) as response:
-                for line in response.iter_lines():
-                    if line.startswith("event: text_chunk") and first is None:
-                        first = time.perf_counter()
-                    if line.startswith("data: ") and '"usage"' in line:
-                        usage = json.loads(line[6:])["usage"]
-            rates.append(usage["completion_tokens"] / (time.perf_counter() - started))
-        return rates[-1]
-    finally:
-        gateway.stop()
+    gateway.manage("migrate", "--noinput")
+    gateway.shell(
+        "from routing.models import ModelRanking; ModelRanking.objects.create("
+        "name='local/bench', provider='local', upstream_model='smollm2')"
+    )
+    key = gateway.api_key()
+    gateway.start()
+    daphne_stream(gateway, key, 4)  # loads the model in the server process
+    return gateway, key
 
 
 def main() -> None:
@@ -103,24 +104,36 @@ def main() -> None:
     import torch
 
     raw_generate(8)  # load + warm up
-    raw, streamed = [], []
-    for _ in range(args.runs):  # interleaved: machine noise hits both alike
-        raw.append(raw_generate(args.tokens))
-        count, seconds = asyncio.run(provider_stream(args.tokens))
-        streamed.append(count / seconds)
-    aggregate = asyncio.run(concurrent(args.tokens, 4))
-    served = through_daphne(args.tokens)
+    gateway, key = start_gateway()
+    raw, streamed, served = [], [], []
+    try:
+        for _ in range(args.runs):  # interleaved: machine noise hits all three alike
+            raw.append(raw_generate(args.tokens))
+            count, seconds = asyncio.run(provider_stream(args.tokens))
+            streamed.append(count / seconds)
+            served.append(daphne_stream(gateway, key, args.tokens))
+    finally:
+        gateway.stop()
+    from django.conf import settings
+
+    settings.TOKENFLOW_LOCAL_CONCURRENCY = 1
+    one_at_a_time = asyncio.run(concurrent(args.tokens, 4))
+    settings.TOKENFLOW_LOCAL_CONCURRENCY = 4
+    batched = asyncio.run(concurrent(args.tokens, 4))
+    served = statistics.median(served)
     print(
         f"local model: SmolLM2-135M fp32, greedy, {args.tokens} new tokens, "
         f"torch threads {torch.get_num_threads()}, median of {args.runs}"
     )
     print(f"  raw model.generate         : {statistics.median(raw):6.1f} tokens/s")
     print(f"  local provider stream      : {statistics.median(streamed):6.1f} tokens/s")
-    print(f"  4 concurrent (aggregate)   : {aggregate:6.1f} tokens/s")
-    print(f"  through daphne (SSE)       : {served:6.1f} tokens/s (incl. TTFT, prompt prefill)")
+    print(f"  4 concurrent, one at a time: {one_at_a_time:6.1f} tokens/s aggregate")
+    print(f"  4 concurrent, batched      : {batched:6.1f} tokens/s aggregate")
+    print(f"  through daphne (SSE)       : {served:6.1f} tokens/s (incl. HTTP, DB, prefill)")
     print(
         f"  ratio provider/raw {statistics.median(streamed) / statistics.median(raw):.2f}, "
-        f"daphne/raw {served / statistics.median(raw):.2f}"
+        f"daphne/raw {served / statistics.median(raw):.2f}, "
+        f"batched/one-at-a-time {batched / one_at_a_time:.2f}"
     )
 
 
