@@ -6,7 +6,8 @@ In:  {"type": "auth", "api_key": "..."}   (unless the header, ?api_key= or a ses
 Out: {"type": "metadata"|"token"|"info"|"end"|"error", ...}; a client "id" is echoed back.
 
 Message types are dispatched through MESSAGE_HANDLERS; another feature adds its own with
-`@ws_handler("process")` on `async def handler(consumer, message) -> None` (see docs/streaming.md).
+`ws_handler("process", background=True)(handler)` where `async def handler(consumer, message)`
+(see docs/streaming.md).
 """
 
 import asyncio
@@ -29,15 +30,21 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[["GenerateConsumer", dict[str, Any]], Awaitable[None]]
 MESSAGE_HANDLERS: dict[str, Handler] = {}
+# Handlers that run as the socket's one cancellable job (a task; "cancel"/disconnect stop it).
+BACKGROUND_TYPES: set[str] = set()
 # Messages accepted before authentication.
 PUBLIC_TYPES = {"auth", "ping"}
 
 
-def ws_handler(message_type: str) -> Callable[[Handler], Handler]:
-    """Register `handler(consumer, message)` for {"type": message_type}."""
+def ws_handler(message_type: str, *, background: bool = False) -> Callable[[Handler], Handler]:
+    """Register `handler(consumer, message)` for {"type": message_type}. With
+    `background=True` it runs as the socket's job: refused with `busy` while another job
+    runs, cancelled by {"type": "cancel"} or a disconnect."""
 
     def register(handler: Handler) -> Handler:
         MESSAGE_HANDLERS[message_type] = handler
+        if background:
+            BACKGROUND_TYPES.add(message_type)
         return handler
 
     return register
@@ -89,7 +96,21 @@ class GenerateConsumer(AsyncJsonWebsocketConsumer):
                 status=401,
             )
             return
+        if kind in BACKGROUND_TYPES:
+            if self.busy():
+                await self.send_busy(message.get("id"))
+                return
+            await self.start_task(handler(self, message), job_id=message.get("id"))
+            return
         await handler(self, message)
+
+    async def send_busy(self, job_id: Any = None) -> None:
+        await self.send_error(
+            "A job is already running on this socket; cancel it or wait for its end.",
+            code="busy",
+            status=409,
+            id=job_id,
+        )
 
     async def send_error(self, message: str, *, code: str, status: int = 400, **extra: Any):
         body = {"type": "error", "code": code, "message": message, "status": status, **extra}
@@ -170,12 +191,7 @@ async def _stream(
 async def on_generate(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
     job_id = message.get("id")
     if consumer.busy():
-        await consumer.send_error(
-            "A generation is already running on this socket; cancel it or wait for its end.",
-            code="busy",
-            status=409,
-            id=job_id,
-        )
+        await consumer.send_busy(job_id)
         return
     data = {k: v for k, v in message.items() if k not in ("type", "id")}
     try:

@@ -1,9 +1,10 @@
 """A transformers causal LM in this process, streamed token by token from a worker thread.
 
-A bounded queue sits in front of the model: TOKENFLOW_LOCAL_CONCURRENCY requests generate at
-once (default 1), up to TOKENFLOW_LOCAL_QUEUE_SIZE wait (told their position by
+A bounded queue sits in front of the model: TOKENFLOW_LOCAL_CONCURRENCY sequences generate at
+once (default 4), up to TOKENFLOW_LOCAL_QUEUE_SIZE wait (told their position by
 `Chunk(info={"queue_position": n})`), the next one gets a 503 `queue_full` with Retry-After.
-Closing the stream sets a flag that a stopping criterion checks after every token.
+One worker thread runs the model; greedy requests that wait together share one batched
+`generate` call. Closing a stream sets a flag that is checked after every token.
 """
 
 import asyncio

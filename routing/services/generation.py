@@ -167,6 +167,7 @@ class ModelChoice:
     model: ModelRanking
     fallbacks: list[ModelRanking] = field(default_factory=list)
     classification: Classification | None = None
+    prompt: Prompt | None = None  # reuse the Prompt a classification already stored
 
 
 def model_choose(
@@ -247,6 +248,7 @@ def generation_create(
         api_key=api_key,
         transport=transport,
         source=source,
+        prompt=choice.prompt,
         classification=choice.classification,
     )
     return generation, choice.fallbacks

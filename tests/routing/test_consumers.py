@@ -172,3 +172,29 @@ async def test_concurrent_sockets(key):
 
     results = await asyncio.gather(*(one() for _ in range(10)))
     assert all(messages[-1]["type"] == "end" for messages in results)
+
+
+async def test_background_handlers_are_cancellable_jobs(socket):
+    """Another feature's message type registered with background=True (e.g. "process")."""
+    from routing.consumers import BACKGROUND_TYPES, MESSAGE_HANDLERS, ws_handler
+
+    stopped = asyncio.Event()
+
+    async def slow(consumer, message):
+        try:
+            await consumer.send_json({"type": "started", "id": message.get("id")})
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    ws_handler("test_slow", background=True)(slow)
+    try:
+        await socket.send_json_to({"type": "test_slow", "id": 1})
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["type"] == "started"
+        await socket.send_json_to({"type": "test_slow", "id": 2})
+        assert (await socket.receive_json_from(timeout=TIMEOUT))["code"] == "busy"
+        await socket.send_json_to({"type": "cancel"})
+        await asyncio.wait_for(stopped.wait(), TIMEOUT)
+    finally:
+        MESSAGE_HANDLERS.pop("test_slow", None)
+        BACKGROUND_TYPES.discard("test_slow")
