@@ -85,6 +85,9 @@ class Gateway:
                 # A deep accept backlog: hundreds of clients connect at once.
                 "-e",
                 f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
+                # Handshakes queue behind hundreds of others: daphne's 5 s default is short.
+                "--websocket_connect_timeout",
+                "60",
                 "tokenflow_site.asgi:application",
             ],
             cwd=ROOT,
