@@ -4,7 +4,7 @@ In one process (same weights, same thread count): raw greedy `generate`, then th
 provider's stream (worker thread + queue + per-token decode), then 4 concurrent requests
 (aggregate tokens/s) one at a time (TOKENFLOW_LOCAL_CONCURRENCY=1) and batched into one
 forward pass (=4). Finally one
-stream through a daphne process over SSE (interleaved with the in-process runs).
+stream through a daphne process over SSE, measured first (see the OpenMP note in main()).
 
     .venv/bin/python bench/local_model.py [--tokens 64 --runs 3]
 """
@@ -103,17 +103,19 @@ def main() -> None:
     django.setup()
     import torch
 
-    raw_generate(8)  # load + warm up
+    # The server first, before this process runs torch: idle OpenMP threads of a process that
+    # just generated spin for a while and, on 2 cores, slow the other process several-fold.
     gateway, key = start_gateway()
-    raw, streamed, served = [], [], []
     try:
-        for _ in range(args.runs):  # interleaved: machine noise hits all three alike
-            raw.append(raw_generate(args.tokens))
-            count, seconds = asyncio.run(provider_stream(args.tokens))
-            streamed.append(count / seconds)
-            served.append(daphne_stream(gateway, key, args.tokens))
+        served = [daphne_stream(gateway, key, args.tokens) for _ in range(args.runs)]
     finally:
         gateway.stop()
+    raw_generate(8)  # load + warm up
+    raw, streamed = [], []
+    for _ in range(args.runs):  # interleaved: machine noise hits both alike
+        raw.append(raw_generate(args.tokens))
+        count, seconds = asyncio.run(provider_stream(args.tokens))
+        streamed.append(count / seconds)
     from django.conf import settings
 
     settings.TOKENFLOW_LOCAL_CONCURRENCY = 1
