@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ bench-compression: assets
 
 bench-batches: install
 	$(PY) bench/batches.py
+
+bench-overhead: assets
+	$(PY) bench/gateway_overhead.py | tee bench/results/gateway_overhead.txt
+
+bench-concurrency: assets
+	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+bench-local: assets
+	$(PY) bench/local_model.py | tee bench/results/local_model.txt
 
 clean:
 	rm -rf $(VENV) var

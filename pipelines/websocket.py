@@ -1,8 +1,9 @@
 """WebSocket transport for fan-out: `{"type": "process", ...}` in, the run's events out.
 
-Registered in routing/consumers.py's dispatch table as "process". The consumer runs each
-handler in a task and cancels it on `{"type": "cancel"}` or disconnect; cancellation
-closes the event stream, which cancels the agents and the aggregator (rows cancelled).
+Registered as the background "process" handler of routing/consumers.py (PipelinesConfig
+.ready): the consumer authenticates and rate-limits the message, runs the handler as the
+socket's job and cancels it on `{"type": "cancel"}` or disconnect; cancellation closes
+the event stream, which cancels the agents and the aggregator (rows cancelled).
 """
 
 from contextlib import aclosing
@@ -10,7 +11,6 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from accounts.ratelimit import rate_limit_hit
 from pipelines.services import process_events, process_parse, process_start
 from routing.services.generation import StreamEvent
 from tokenflow_site.errors import ApiError
@@ -31,18 +31,8 @@ def _start(content: dict[str, Any], api_key):
 
 async def process_over_websocket(consumer, content: dict[str, Any]) -> None:
     """Run one fan-out request for a WebSocket client; errors become `error` messages."""
-    api_key = consumer.scope.get("api_key")
     try:
-        if api_key is not None:
-            decision = await database_sync_to_async(rate_limit_hit)(api_key=api_key)
-            if decision is not None and not decision.allowed:
-                raise ApiError(
-                    decision.message(),
-                    code="rate_limited",
-                    status=429,
-                    retry_after=decision.retry_after,
-                )
-        start = await database_sync_to_async(_start)(content, api_key)
+        start = await database_sync_to_async(_start)(content, consumer.api_key)
     except ApiError as exc:
         error = exc.payload()["error"]
         if exc.retry_after is not None:

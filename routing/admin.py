@@ -91,7 +91,28 @@ class GenerationAdmin(ReadOnlyAdmin):
         "duration_ms",
         "created_at",
     ]
-    list_filter = ["status", "provider", "model_name", "transport", "created_at"]
+    list_filter = ["status", "provider", "model_name", "transport", "finish_reason", "created_at"]
     search_fields = ["output_text", "prompt__text", "model_name", "error_message"]
     date_hierarchy = "created_at"
     list_select_related = ["prompt"]
+    fieldsets = [
+        (None, {"fields": ["status", "model_name", "provider", "upstream_model", "transport"]}),
+        ("Input", {"fields": ["prompt", "input_messages", "parameters"]}),
+        ("Output", {"fields": ["output_text", "finish_reason", "error_code", "error_message"]}),
+        (
+            "Usage and timings",
+            {
+                "fields": [
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "ttft_ms",
+                    "duration_ms",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "attempts",
+                ]
+            },
+        ),
+        ("Links", {"fields": ["api_key", "model", "classification", "compression"]}),
+    ]

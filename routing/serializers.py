@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from routing.models import Classification, ModelRanking
+from routing.models import Classification, Generation, ModelRanking
 
 
 class ModelRankingSerializer(serializers.ModelSerializer):
@@ -57,3 +57,37 @@ class ClassifyRequestSerializer(serializers.Serializer):
         help_text='Labels, or {"name", "description"} objects; default: the routing table.',
     )
     multi_label = serializers.BooleanField(required=False, default=False)
+
+
+class GenerationSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model_name")
+    prompt_text = serializers.CharField(source="prompt.text", default=None)
+
+    class Meta:
+        model = Generation
+        fields = [
+            "id",
+            "status",
+            "model",
+            "provider",
+            "upstream_model",
+            "transport",
+            "parameters",
+            "prompt_id",
+            "prompt_text",
+            "input_messages",
+            "output_text",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+            "ttft_ms",
+            "duration_ms",
+            "attempts",
+            "error_code",
+            "error_message",
+            "classification_id",
+            "compression_id",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]

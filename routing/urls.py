@@ -1,6 +1,8 @@
 from django.urls import path
 
 from routing.views.classify import ClassificationDetail, ClassificationList, ClassifyView
+from routing.views.generate import generate
+from routing.views.generations import GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
 from routing.views.select import models_select
 
@@ -10,4 +12,7 @@ urlpatterns = [
     path("classifications", ClassificationList.as_view(), name="classification-list"),
     path("classifications/<int:pk>", ClassificationDetail.as_view(), name="classification-detail"),
     path("models/select", models_select, name="models-select"),
+    path("generate", generate, name="generate"),
+    path("generations", GenerationList.as_view(), name="generation-list"),
+    path("generations/<int:pk>", GenerationDetail.as_view(), name="generation-detail"),
 ]

@@ -287,6 +287,19 @@ TOKENFLOW_COMPRESSOR_TOKEN_ENCODING = os.environ.get(
 # ---------------------------------------------------------------------------
 # TokenFlow: streaming transports and providers
 # ---------------------------------------------------------------------------
+# Upstream (openai_compat) timeouts in seconds; the SDK's own retries are off (we retry).
+TOKENFLOW_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("TOKENFLOW_UPSTREAM_CONNECT_TIMEOUT", 10))
+TOKENFLOW_UPSTREAM_READ_TIMEOUT = float(os.environ.get("TOKENFLOW_UPSTREAM_READ_TIMEOUT", 60))
+# Local model: requests allowed to wait behind the running one(s); beyond that 503.
+TOKENFLOW_LOCAL_QUEUE_SIZE = int(os.environ.get("TOKENFLOW_LOCAL_QUEUE_SIZE", 8))
+# Sequences generating at once; greedy ones share one batched forward pass.
+TOKENFLOW_LOCAL_CONCURRENCY = int(os.environ.get("TOKENFLOW_LOCAL_CONCURRENCY", 4))
+TOKENFLOW_LOCAL_BATCH_WINDOW = float(os.environ.get("TOKENFLOW_LOCAL_BATCH_WINDOW", 0.01))
+TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS = int(os.environ.get("TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS", 256))
+# Retry-After (seconds) sent with a 503 queue_full.
+TOKENFLOW_LOCAL_RETRY_AFTER = float(os.environ.get("TOKENFLOW_LOCAL_RETRY_AFTER", 5))
+# GET /metrics: public (default, like most exporters) or staff/API-key only.
+TOKENFLOW_METRICS_PUBLIC = env_bool("TOKENFLOW_METRICS_PUBLIC", True)
 
 # ---------------------------------------------------------------------------
 # TokenFlow: classification and routing

@@ -4,6 +4,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from routing.views.metrics import metrics
+
 handler404 = "tokenflow_site.errors.handler404"
 handler500 = "tokenflow_site.errors.handler500"
 
@@ -24,4 +26,6 @@ urlpatterns = [
     path("api/", include("compression.urls")),
     path("api/", include("pipelines.urls")),
     path("api/", include("batches.urls")),
+    path("v1/", include("routing.openai_urls")),
+    path("metrics", metrics, name="metrics"),
 ]

@@ -3,7 +3,9 @@
 from django.urls import path
 
 from batches.consumers import BatchProgressConsumer
+from routing.consumers import GenerateConsumer
 
 websocket_urlpatterns: list = [
+    path("ws/generate/", GenerateConsumer.as_asgi()),
     path("ws/batches/<int:job_id>/", BatchProgressConsumer.as_asgi()),
 ]

@@ -70,14 +70,19 @@ class MockProvider(BaseProvider):
         tokens = answer_tokens[: request.max_tokens] if request.max_tokens else answer_tokens
         fail_after = options.get("fail_after")
         stall_after = options.get("stall_after")
+        loop = asyncio.get_running_loop()
+        # An absolute schedule (token i at first_delay + i * delay), like a real upstream:
+        # a slow consumer does not stretch the sender's timeline.
+        due = loop.time() + first_delay
         for index, token in enumerate(tokens):
             if fail_after is not None and index >= int(fail_after):
                 raise ProviderError("mock upstream failed mid-stream", code="upstream_error")
             if stall_after is not None and index >= int(stall_after):
                 await asyncio.Event().wait()
-            wait = first_delay if index == 0 else delay
-            if wait:
-                await asyncio.sleep(wait)
+            if index:
+                due += delay
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
             yield Chunk(token)
         prompt_tokens = sum(len(mock_tokens(m.get("content", ""))) for m in request.messages)
         yield Chunk(

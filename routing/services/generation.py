@@ -5,6 +5,7 @@ items) consumes the one async iterator of StreamEvents that `generation_run` yie
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -20,6 +21,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from accounts.ratelimit import rate_limit_add_tokens
+from routing import metrics
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError
 from routing.providers.registry import provider_for
@@ -158,12 +160,50 @@ def model_resolve(name: Any) -> ModelRanking:
     return model
 
 
+@dataclass
+class ModelChoice:
+    """The model a request runs on, the fallbacks to try before the first token, and (for
+    routed requests) the classification that chose them."""
+
+    model: ModelRanking
+    fallbacks: list[ModelRanking] = field(default_factory=list)
+    classification: Classification | None = None
+    prompt: Prompt | None = None  # reuse the Prompt a classification already stored
+    metadata: dict[str, Any] = field(default_factory=dict)  # merged into the metadata event
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. x-tokenflow-route
+
+
+AUTO_MODEL = "auto"
+
+
+def model_choose(
+    *,
+    name: Any,
+    messages: list[dict[str, str]],
+    api_key: ApiKey | None,
+    source: str = Prompt.Source.API,
+) -> ModelChoice:
+    """The one place every transport (SSE, NDJSON, WS, /v1) resolves its model: a model
+    name, or "auto" (classify the last user message and follow its route, with the
+    lower-priority routes as fallbacks)."""
+    if name == AUTO_MODEL:
+        # selection imports this module: import it when "auto" is asked for.
+        from routing.services.selection import model_select_sync
+
+        return model_select_sync(messages=messages, api_key=api_key, source=source).choice()
+    model = model_resolve(name)
+    provider_check(model)
+    return ModelChoice(model=model)
+
+
 def provider_check(model: ModelRanking) -> None:
     """503 naming the missing variable (or other reason) if the provider cannot serve."""
     try:
         provider_for(model).check_ready()
     except ProviderError as exc:
-        raise ApiError(exc.message, code=exc.code, status=exc.status) from exc
+        raise ApiError(
+            exc.message, code=exc.code, status=exc.status, retry_after=exc.retry_after
+        ) from exc
 
 
 # --- persistence -------------------------------------------------------------------------
@@ -204,6 +244,92 @@ def generation_prepare(
     )
 
 
+async def messages_compress(
+    *,
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    api_key: ApiKey | None,
+    prompt: Prompt,
+) -> tuple[list[dict[str, str]], Any]:
+    """Compress the last user message (the model runs off the event loop); returns
+    (messages to send, Compression row linked to `prompt`)."""
+    from compression.services import acompression_create  # the compression app is optional
+
+    index = _last_user_index(messages)
+    compression = await acompression_create(
+        text=messages[index]["content"], api_key=api_key, prompt=prompt, **options
+    )
+    compressed = [dict(m) for m in messages]
+    compressed[index]["content"] = compression.compressed_text
+    return compressed, compression
+
+
+def _last_user_index(messages: list[dict[str, str]]) -> int:
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return users[-1] if users else len(messages) - 1
+
+
+def compress_options(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The optional `compress` object of a generation request, validated."""
+    if data.get("compress") is None:
+        return None
+    from compression.services import compress_options_parse
+
+    return compress_options_parse(data["compress"], prefix="compress.")
+
+
+@dataclass
+class PreparedGeneration:
+    """A queued Generation with what its stream needs (fallbacks, extra metadata)."""
+
+    generation: Generation
+    fallbacks: list[ModelRanking]
+    metadata: dict[str, Any]
+    headers: dict[str, str]
+
+    def events(self) -> AsyncIterator["StreamEvent"]:
+        return generation_run(self.generation, fallbacks=self.fallbacks, metadata=self.metadata)
+
+
+async def generation_acreate(
+    *,
+    data: dict[str, Any],
+    api_key: ApiKey | None,
+    transport: str,
+    source: str = Prompt.Source.API,
+) -> PreparedGeneration:
+    """Validate a request body (prompt/messages, model or "auto", sampling params, optional
+    `compress`), compress if asked, and persist a queued Generation.
+    Raises ApiError (400/404/413/503) before anything streams."""
+    messages = messages_parse(data)
+    params = params_parse(data)
+    options = compress_options(data)
+    choice = await sync_to_async(model_choose)(
+        name=data.get("model"), messages=messages, api_key=api_key, source=source
+    )
+    prompt = choice.prompt or await Prompt.objects.acreate(
+        text=prompt_text(messages), messages=messages, source=source, api_key=api_key
+    )
+    compression = None
+    if options is not None:
+        messages, compression = await messages_compress(
+            messages=messages, options=options, api_key=api_key, prompt=prompt
+        )
+    generation = await sync_to_async(generation_prepare)(
+        model=choice.model,
+        messages=messages,
+        params=params,
+        api_key=api_key,
+        transport=transport,
+        source=source,
+        prompt=prompt,
+        classification=choice.classification,
+        compression=compression,
+        check_provider=False,  # model_choose checked it
+    )
+    return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
+
+
 def _finish(generation: Generation, status: str, **fields: Any) -> None:
     generation.status = status
     generation.finished_at = timezone.now()
@@ -214,6 +340,7 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
         api_key_id=generation.api_key_id,
         tokens=(generation.prompt_tokens or 0) + (generation.completion_tokens or 0),
     )
+    metrics.GENERATIONS.labels(status=status, provider=generation.provider).inc()
     _jsonl_log(generation)
 
 
@@ -287,22 +414,21 @@ async def _stream_model(
                     if chunk.info:
                         yield StreamEvent("info", chunk.info)
                     if chunk.text:
-                        if not parts:
-                            generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
-                            generation.status = Generation.Status.STREAMING
-                            await sync_to_async(generation.save)(
-                                update_fields=[
-                                    "status",
-                                    "ttft_ms",
-                                    "started_at",
-                                    "model",
-                                    "model_name",
-                                    "provider",
-                                    "upstream_model",
-                                ]
-                            )
+                        first = not parts
                         parts.append(chunk.text)
+                        if first:
+                            generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
                         yield StreamEvent("text", {"text": chunk.text})
+                        if first:
+                            metrics.TTFT.labels(provider=model.provider).observe(
+                                generation.ttft_ms / 1000
+                            )
+                            # Persist "streaming" off the token path (one DB write would
+                            # delay the next token); _run awaits it before the final save.
+                            generation.status = Generation.Status.STREAMING
+                            state["marking"] = asyncio.create_task(
+                                sync_to_async(_mark_streaming)(generation)
+                            )
                     if chunk.finish_reason:
                         state["finish_reason"] = chunk.finish_reason
                     if chunk.usage:
@@ -317,6 +443,27 @@ async def _stream_model(
             await asyncio.sleep(_backoff(attempt, exc.retry_after))
 
 
+def _mark_streaming(generation: Generation) -> None:
+    """queued -> streaming (guarded: never overwrites a terminal status)."""
+    Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
+        status=Generation.Status.STREAMING,
+        ttft_ms=generation.ttft_ms,
+        started_at=generation.started_at,
+        model=generation.model,
+        model_name=generation.model_name,
+        provider=generation.provider,
+        upstream_model=generation.upstream_model,
+    )
+
+
+async def _settle(state: dict[str, Any]) -> None:
+    """Wait for the pending "streaming" write so the final save comes after it."""
+    task = state.pop("marking", None)
+    if task is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+
 def _use_model(generation: Generation, model: ModelRanking) -> None:
     generation.model = model
     generation.model_name = model.name
@@ -329,8 +476,10 @@ async def generation_run(
     *,
     extra: dict[str, Any] | None = None,
     fallbacks: list[ModelRanking] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> AsyncIterator[StreamEvent]:
-    """Stream a prepared Generation, persisting every state change.
+    """Stream a prepared Generation, persisting every state change; `metadata` is merged
+    into the first event.
 
     Retries retryable provider errors before the first token only; then, still before
     the first token, moves on to the next of `fallbacks` (an `info` event says so). A
@@ -338,7 +487,25 @@ async def generation_run(
     the iterator (client gone, cancel) persists the row as cancelled with its partial
     text and stops the upstream call.
     """
-    yield StreamEvent("metadata", metadata_for(generation))
+    in_flight = metrics.IN_FLIGHT.labels(transport=generation.transport or "-")
+    in_flight.inc()
+    try:
+        events = _run(generation, extra=extra, fallbacks=fallbacks, metadata=metadata)
+        async with aclosing(events):
+            async for event in events:
+                yield event
+    finally:
+        in_flight.dec()
+
+
+async def _run(
+    generation: Generation,
+    *,
+    extra: dict[str, Any] | None,
+    fallbacks: list[ModelRanking] | None,
+    metadata: dict[str, Any] | None,
+) -> AsyncIterator[StreamEvent]:
+    yield StreamEvent("metadata", {**metadata_for(generation), **(metadata or {})})
     state: dict[str, Any] = {"started": time.monotonic(), "finish_reason": "stop", "usage": None}
     started = state["started"]
     parts: list[str] = []
@@ -369,6 +536,7 @@ async def generation_run(
                     },
                 )
     except ProviderError as exc:
+        await _settle(state)
         await sync_to_async(_finish)(
             generation,
             Generation.Status.FAILED,
@@ -390,6 +558,7 @@ async def generation_run(
         )
         return
     except (GeneratorExit, asyncio.CancelledError):
+        await _settle(state)
         await asyncio.shield(
             sync_to_async(_finish)(
                 generation,
@@ -404,6 +573,7 @@ async def generation_run(
         raise
     except Exception as exc:
         logger.exception("Generation %s crashed", generation.pk)
+        await _settle(state)
         await sync_to_async(_finish)(
             generation,
             Generation.Status.FAILED,
@@ -430,6 +600,7 @@ async def generation_run(
     completion_tokens = usage.get("completion_tokens")
     if completion_tokens is None:
         completion_tokens = count_tokens(text)
+    await _settle(state)
     await sync_to_async(_finish)(
         generation,
         Generation.Status.COMPLETED,

@@ -1,11 +1,8 @@
 """Automatic model selection: classify the prompt, route the category, stream with fallbacks.
 
-Used by POST /api/models/select and by /v1/chat/completions with `model: "auto"`:
-
-    selection = await model_select(messages=messages, api_key=key, source="openai")
-    generation = await selection_prepare(selection, params=params, transport="openai")
-    events = selection_stream(selection, generation)   # first event: metadata + selection
-    headers = {"x-tokenflow-route": selection.header()}
+Used by POST /api/models/select (model_select -> selection_prepare -> selection_stream),
+by every generation transport for `model: "auto"` (generation.model_choose ->
+model_select_sync) and by batch items with model "auto" (model_for_messages).
 """
 
 from collections.abc import AsyncIterator
@@ -23,6 +20,7 @@ from routing.providers.registry import provider_for
 from routing.services.classification import classification_acreate, classification_create
 from routing.services.generation import (
     GenerationParams,
+    ModelChoice,
     StreamEvent,
     generation_prepare,
     generation_run,
@@ -59,6 +57,17 @@ class Selection:
             "fallbacks": [m.name for m in self.fallbacks],
             "skipped": self.skipped,
         }
+
+    def choice(self) -> ModelChoice:
+        """As the model choice of a generation request (model "auto")."""
+        return ModelChoice(
+            model=self.model,
+            fallbacks=self.fallbacks,
+            classification=self.classification,
+            prompt=self.classification.prompt,
+            metadata=self.metadata(),
+            headers={ROUTE_HEADER: self.header()},
+        )
 
     def header(self) -> str:
         """The `x-tokenflow-route` header: `category=..;model=..;confidence=..;routed=..`."""
@@ -126,18 +135,32 @@ async def model_select(
         source=source,
         messages=messages,
     )
-    model, fallbacks, info, skipped = await sync_to_async(_route)(classification.top_category)
-    return Selection(classification, model, fallbacks, info, skipped)
+    return Selection(classification, *await sync_to_async(_route)(classification.top_category))
+
+
+def model_select_sync(
+    *,
+    messages: list[dict[str, str]],
+    possible_categories: Any = None,
+    api_key: ApiKey | None = None,
+    source: str = Prompt.Source.API,
+) -> Selection:
+    """`model_select` for sync callers (the classifier runs in the calling thread)."""
+    classification = classification_create(
+        prompt=prompt_text(messages),
+        possible_categories=possible_categories,
+        api_key=api_key,
+        source=source,
+        messages=messages,
+    )
+    return Selection(classification, *_route(classification.top_category))
 
 
 def model_for_messages(
     messages: list[dict[str, str]], *, source: str = Prompt.Source.BATCH
 ) -> ModelRanking:
-    """Classify (persisted) and route without streaming: batch items with model "auto"."""
-    classification = classification_create(
-        prompt=prompt_text(messages), source=source, messages=messages
-    )
-    return _route(classification.top_category)[0]
+    """The routed model for `messages` (batch items with model "auto")."""
+    return model_select_sync(messages=messages, source=source).model
 
 
 async def selection_prepare(
@@ -169,47 +192,12 @@ async def selection_stream(
 ) -> AsyncIterator[StreamEvent]:
     """`generation_run` with the route's fallbacks; the first (metadata) event carries the
     selection, then one `info` {"fallback": ...} per route model skipped as not ready."""
-    async with aclosing(generation_run(generation, fallbacks=selection.fallbacks)) as events:
+    events = generation_run(
+        generation, fallbacks=selection.fallbacks, metadata=selection.metadata()
+    )
+    async with aclosing(events):
         async for event in events:
+            yield event
             if event.type == "metadata":
-                yield StreamEvent("metadata", {**event.data, **selection.metadata()})
                 for skip in selection.skipped:
                     yield StreamEvent("info", {"fallback": {"from": skip["model"], **skip}})
-                continue
-            yield event
-
-
-def compress_parse(value: Any) -> float | None:
-    """The `compress: {ratio}` option: None, or a ratio in (0, 1]."""
-    if value is None:
-        return None
-    ratio = value.get("ratio") if isinstance(value, dict) else None
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
-        raise ApiError(
-            "'compress' must be an object {\"ratio\": number in (0, 1]}.", field="compress"
-        )
-    return float(ratio)
-
-
-async def messages_compress(
-    *, messages: list[dict[str, str]], ratio: float, api_key: ApiKey | None
-) -> tuple[list[dict[str, str]], Any]:
-    """SEAM (issue 5 item 6, wired at merge): compress the last user message with the
-    compression app's service; returns (messages to send, Compression row)."""
-    try:
-        from compression.services import compression_create
-    except ImportError as exc:
-        raise ApiError(
-            "Compression is not available on this server.",
-            code="compression_unavailable",
-            status=501,
-            field="compress",
-        ) from exc
-    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    index = users[-1] if users else len(messages) - 1
-    compression = await sync_to_async(compression_create)(
-        text=messages[index]["content"], ratio=ratio, api_key=api_key
-    )
-    compressed = [dict(m) for m in messages]
-    compressed[index]["content"] = compression.compressed_text
-    return compressed, compression

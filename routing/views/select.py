@@ -4,11 +4,9 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from routing.services.classification import prompt_validate
-from routing.services.generation import params_parse
+from routing.services.generation import compress_options, messages_compress, params_parse
 from routing.services.selection import (
     ROUTE_HEADER,
-    compress_parse,
-    messages_compress,
     model_select,
     selection_prepare,
     selection_stream,
@@ -25,7 +23,7 @@ async def models_select(request: HttpRequest) -> HttpResponse:
     try:
         data = parse_json_body(request)
         params = params_parse(data)
-        ratio = compress_parse(data.get("compress"))
+        options = compress_options(data)
         prompt = prompt_validate(data.get("prompt"))
         messages = [{"role": "user", "content": prompt}]
         api_key = getattr(request, "api_key", None)
@@ -35,9 +33,12 @@ async def models_select(request: HttpRequest) -> HttpResponse:
             api_key=api_key,
         )
         compression, sent = None, None
-        if ratio is not None:
+        if options is not None:
             sent, compression = await messages_compress(
-                messages=messages, ratio=ratio, api_key=api_key
+                messages=messages,
+                options=options,
+                api_key=api_key,
+                prompt=selection.classification.prompt,
             )
         ndjson = wants_ndjson(request)
         generation = await selection_prepare(

@@ -4,12 +4,11 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 
 from pipelines.models import PipelineRun, RunAgent
 from pipelines.services import ProcessRequest, process_events, process_start
-from pipelines.websocket import process_over_websocket
+from routing.consumers import GenerateConsumer
 from routing.models import Generation
 from tests.factories import mock_model
 from tests.pipelines.factories import pipeline
@@ -55,45 +54,55 @@ async def test_disconnect_while_aggregating_cancels_the_aggregator():
     assert run.status == "cancelled" and run.aggregator_generation.status == "cancelled"
 
 
-class FakeConsumer:
-    """The two things the handler uses: scope and send_json."""
-
-    def __init__(self, api_key=None):
-        self.scope = {"api_key": api_key}
-        self.sent: list[dict] = []
-
-    async def send_json(self, content):
-        self.sent.append(content)
+async def connect(api_key):
+    communicator = WebsocketCommunicator(GenerateConsumer.as_asgi(), "/ws/generate/")
+    communicator.scope["api_key"] = api_key
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
 
 
-async def test_websocket_handler_streams_run_events(api_key):
+async def receive_until(communicator, last: str, timeout: float = 20) -> list[dict]:
+    messages = []
+    while not messages or messages[-1]["type"] not in (last, "error"):
+        messages.append(await communicator.receive_json_from(timeout=timeout))
+    return messages
+
+
+async def test_websocket_process_streams_run_events(api_key):
     pipe = await sync_to_async(pipeline)(
         agents={"a": {"response": "alpha"}, "b": {"fail_after": 0}}
     )
-    consumer = FakeConsumer(api_key[0])
-    await process_over_websocket(
-        consumer, {"type": "process", "message": "hi", "message_id": "w1", "pipeline": pipe.name}
-    )
-    types = [m["type"] for m in consumer.sent]
+    communicator = await connect(api_key[0])
+    try:
+        await communicator.send_json_to(
+            {"type": "process", "message": "hi", "message_id": "w1", "pipeline": pipe.name}
+        )
+        sent = await receive_until(communicator, "end")
+    finally:
+        await communicator.disconnect()
+    types = [m["type"] for m in sent]
     assert types[0] == "metadata" and types[-1] == "end"
     assert {"agent_done", "agent_failed", "token"} <= set(types)
-    assert "alpha" in "".join(m["text"] for m in consumer.sent if m["type"] == "token")
-    run = await PipelineRun.objects.aget(pk=consumer.sent[0]["run_id"])
+    assert "alpha" in "".join(m["text"] for m in sent if m["type"] == "token")
+    run = await PipelineRun.objects.aget(pk=sent[0]["run_id"])
     assert run.transport == "ws" and run.api_key_id == api_key[0].pk
 
 
-async def test_websocket_handler_bad_input_and_rate_limit(api_key, monkeypatch):
-    consumer = FakeConsumer(api_key[0])
-    await process_over_websocket(consumer, {"type": "process", "message": "hi"})
-    assert consumer.sent == [
-        {
-            "type": "error",
-            "status": 400,
-            "code": "required",
-            "message": "'message_id' is required.",
-            "field": "message_id",
-        }
-    ]
+async def test_websocket_process_bad_input_and_rate_limit(api_key, monkeypatch):
+    communicator = await connect(api_key[0])
+    try:
+        await communicator.send_json_to({"type": "process", "message": "hi"})
+        error = await communicator.receive_json_from(timeout=10)
+    finally:
+        await communicator.disconnect()
+    assert error == {
+        "type": "error",
+        "status": 400,
+        "code": "required",
+        "message": "'message_id' is required.",
+        "field": "message_id",
+    }
     key = api_key[0]
     key.requests_per_minute = 1
     await key.asave()
@@ -101,40 +110,24 @@ async def test_websocket_handler_bad_input_and_rate_limit(api_key, monkeypatch):
 
     monkeypatch.setattr(ratelimit, "_now", lambda: 6_000_000 * 60 + 1.0)
     await sync_to_async(ratelimit.rate_limit_reset)(api_key_id=key.pk)
-    consumer = FakeConsumer(key)
-    await process_over_websocket(consumer, {"type": "process"})
-    await process_over_websocket(consumer, {"type": "process"})
-    assert consumer.sent[0]["code"] == "required"
-    assert consumer.sent[1]["code"] == "rate_limited" and consumer.sent[1]["status"] == 429
-
-
-class ProcessConsumer(AsyncJsonWebsocketConsumer):
-    """What routing/consumers.py does for "process": run the handler in a task, cancel it."""
-
-    async def connect(self):
-        self.task = None
-        await self.accept()
-
-    async def receive_json(self, content, **kwargs):
-        if content.get("type") == "process":
-            self.task = asyncio.create_task(process_over_websocket(self, content))
-        elif content.get("type") == "cancel" and self.task:
-            self.task.cancel()
-
-    async def disconnect(self, code):
-        if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+    communicator = await connect(key)
+    try:
+        await communicator.send_json_to({"type": "process"})
+        first = await communicator.receive_json_from(timeout=10)
+        await communicator.send_json_to({"type": "generate", "model": "x", "prompt": "p"})
+        second = await communicator.receive_json_from(timeout=10)
+    finally:
+        await communicator.disconnect()
+    assert first["code"] == "required"
+    assert second["code"] == "rate_limited" and second["status"] == 429
+    assert second["retry_after"] > 0
 
 
 async def test_over_a_real_websocket_cancel_stops_the_run(api_key):
     pipe = await sync_to_async(pipeline)(
         agents={"fast": {"response": "x"}, "stuck": {"stall_after": 0}}
     )
-    communicator = WebsocketCommunicator(ProcessConsumer.as_asgi(), "/ws/generate/")
-    communicator.scope["api_key"] = api_key[0]
-    connected, _ = await communicator.connect()
-    assert connected
+    communicator = await connect(api_key[0])
     try:
         await communicator.send_json_to(
             {"type": "process", "message": "q", "message_id": "ws1", "pipeline": pipe.name}

@@ -146,7 +146,7 @@ async def test_ndjson(auth, table):
         ({"prompt": "x", "possible_categories": ["one"]}, "possible_categories"),
         ({"prompt": "x", "possible_categories": ["a", "a"]}, "possible_categories"),
         ({"prompt": "x", "temperature": 5}, "temperature"),
-        ({"prompt": "x", "compress": {"ratio": 0}}, "compress"),
+        ({"prompt": "x", "compress": {"ratio": 0}}, "compress.ratio"),
         ({"prompt": "x", "compress": 0.5}, "compress"),
     ],
 )

@@ -1,0 +1,133 @@
+"""Shared benchmark plumbing: a throwaway TokenFlow (daphne + its own SQLite DB), percentiles."""
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"p50 {pct(values, 50):8.2f}  p95 {pct(values, 95):8.2f}  "
+        f"mean {statistics.fmean(values) if values else float('nan'):8.2f}"
+    )
+
+
+def wait_http(url: str, process: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+class Gateway:
+    """A fresh TokenFlow: temp SQLite DB, migrated, seeded by `setup(django)`, served by daphne."""
+
+    def __init__(self, **env: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="tokenflow-bench-")
+        self.env = {
+            **os.environ,
+            # The embedded default (SQLite in WAL mode) under a throwaway var/ directory.
+            "TOKENFLOW_VAR_DIR": self.dir,
+            "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.env.pop("REDIS_URL", None)
+        self.env.pop("DATABASE_URL", None)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run(
+            [PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True
+        ).stdout.decode()
+
+    def shell(self, code: str) -> str:
+        return self.manage("shell", "-c", code).strip()
+
+    def start(self) -> "Gateway":
+        self.manage("migrate", "--noinput")
+        self.process = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "daphne",
+                # A deep accept backlog: hundreds of clients connect at once.
+                "-e",
+                f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
+                # Handshakes queue behind hundreds of others: daphne's 5 s default is short.
+                "--websocket_connect_timeout",
+                "60",
+                "tokenflow_site.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(Path(self.dir) / "daphne.log", "wb"),  # noqa: SIM115
+        )
+        wait_http(f"{self.url}/healthz", self.process)
+        return self
+
+    def api_key(self) -> str:
+        return self.shell(
+            "from accounts.models import ApiKey; print(ApiKey.issue(name='bench')[1])"
+        ).splitlines()[-1]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_mock_upstream(chunks: int, gap: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "bench" / "mock_upstream.py"),
+            "--port",
+            str(port),
+            "--chunks",
+            str(chunks),
+            "--gap",
+            str(gap),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    wait_http(base + "/models", process)
+    return process, base

@@ -1,0 +1,10 @@
+"""/v1/: the OpenAI-compatible routes."""
+
+from django.urls import path
+
+from routing.views.openai import chat_completions, models
+
+urlpatterns = [
+    path("chat/completions", chat_completions, name="openai-chat-completions"),
+    path("models", models, name="openai-models"),
+]

@@ -1,0 +1,189 @@
+"""Any OpenAI-compatible server (OpenAI, Groq, OpenRouter, vLLM, Ollama, LM Studio) via the SDK.
+
+The SDK's own retries are off (`max_retries=0`): the generation service retries retryable
+errors itself, and only before the first token. One AsyncOpenAI client (one connection
+pool) is kept per (event loop, base URL, key).
+"""
+
+import asyncio
+import email.utils
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+
+from routing.providers.base import BaseProvider, ChatRequest, Chunk, ProviderError
+
+# Clients hold connections bound to the loop that opened them: one pool per loop.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]]" = (
+    weakref.WeakKeyDictionary()
+)
+NO_KEY = "not-needed"  # local servers (vLLM, Ollama) accept any key
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms`, `retry-after` (seconds or HTTP date), else None."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def error_from_sdk(exc: Exception) -> ProviderError:
+    """Map an `openai` SDK exception to a ProviderError (429/5xx/timeouts retryable)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(
+            "The upstream provider timed out.", code="upstream_timeout", status=504, retryable=True
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(
+            f"Cannot reach the upstream provider: {exc}",
+            code="upstream_unreachable",
+            status=502,
+            retryable=True,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry_after = parse_retry_after(exc.response.headers)
+        message = f"Upstream answered {status}: {exc.message}"
+        if status == 429:
+            return ProviderError(
+                message, code="rate_limited", status=429, retryable=True, retry_after=retry_after
+            )
+        if status >= 500:
+            return ProviderError(
+                message, code="upstream_error", status=502, retryable=True, retry_after=retry_after
+            )
+        if status in (401, 403):
+            return ProviderError(message, code="upstream_auth_failed", status=502)
+        if status == 404:
+            return ProviderError(message, code="upstream_model_not_found", status=502)
+        return ProviderError(message, code="upstream_bad_request", status=400)
+    if isinstance(exc, openai.APIError):  # an error payload in the middle of a stream
+        return ProviderError(f"Upstream error: {exc.message}", code="upstream_error")
+    return ProviderError(f"Upstream error: {exc}", code="upstream_error")
+
+
+def client_for(base_url: str, api_key: str):
+    """The pooled AsyncOpenAI client of the running loop for this endpoint and key."""
+    # The SDK (httpx, pydantic) is imported on first use, not at Django start-up.
+    import openai
+
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.setdefault(loop, {})
+    client = per_loop.get((base_url, api_key))
+    if client is None:
+        client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=openai.Timeout(
+                settings.TOKENFLOW_UPSTREAM_READ_TIMEOUT,
+                connect=settings.TOKENFLOW_UPSTREAM_CONNECT_TIMEOUT,
+            ),
+        )
+        per_loop[(base_url, api_key)] = client
+    return client
+
+
+async def clients_close() -> None:
+    """Close the running loop's pooled clients (tests, shutdown)."""
+    per_loop = _clients.pop(asyncio.get_running_loop(), {})
+    for client in per_loop.values():
+        await client.close()
+
+
+class OpenAICompatProvider(BaseProvider):
+    """Streams chat completions; base URL and key from the model row or the provider table."""
+
+    def _base_url(self) -> str:
+        endpoint = self.config.get("endpoint") or {}
+        env_name = endpoint.get("base_url_env")
+        return (
+            self.config.get("base_url")
+            or (os.environ.get(env_name) if env_name else None)
+            or endpoint.get("base_url")
+            or ""
+        )
+
+    def _api_key(self) -> str:
+        env_name = self.config.get("api_key_env") or ""
+        return os.environ.get(env_name, "") if env_name else NO_KEY
+
+    def check_ready(self) -> None:
+        env_name = self.config.get("api_key_env") or ""
+        if env_name and not os.environ.get(env_name):
+            raise ProviderError(
+                f"Provider '{self.config.get('provider', self.name)}' is not configured: "
+                f"set the environment variable {env_name}.",
+                code="provider_not_configured",
+                status=503,
+            )
+        if not self._base_url():
+            raise ProviderError(
+                f"Model '{self.name}' has no base URL: set ModelRanking.base_url.",
+                code="provider_not_configured",
+                status=503,
+            )
+
+    @staticmethod
+    def _arguments(request: ChatRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"model": request.model, "messages": request.messages}
+        for name in ("temperature", "top_p", "max_tokens", "stop", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                arguments[name] = value
+        return arguments
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        import openai
+
+        self.check_ready()
+        client = client_for(self._base_url(), self._api_key())
+        try:
+            response = await client.chat.completions.create(
+                **self._arguments(request),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(exc) from exc
+        # Closing this generator (cancel, disconnect) closes the HTTP response upstream.
+        async with response:
+            try:
+                async for event in response:
+                    usage = None
+                    if event.usage is not None:
+                        usage = {
+                            "prompt_tokens": event.usage.prompt_tokens,
+                            "completion_tokens": event.usage.completion_tokens,
+                        }
+                    if not event.choices:
+                        if usage:
+                            yield Chunk(usage=usage)
+                        continue
+                    choice = event.choices[0]
+                    text = (choice.delta.content if choice.delta else None) or ""
+                    if text or choice.finish_reason or usage:
+                        yield Chunk(text, finish_reason=choice.finish_reason, usage=usage)
+            except openai.OpenAIError as exc:
+                raise error_from_sdk(exc) from exc
