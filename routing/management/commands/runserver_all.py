@@ -25,6 +25,9 @@ class Command(BaseCommand):
                 host,
                 "-p",
                 str(port),
+                # Hundreds of sockets opening at once outlast daphne's 5 s handshake default.
+                "--websocket_connect_timeout",
+                "60",
                 "tokenflow_site.asgi:application",
             ],
             *[manage + list(sidecar) for sidecar in settings.TOKENFLOW_SIDECARS],
