@@ -19,7 +19,7 @@ from compression.engines import METHODS, CompressionRequest, get_compressor
 from compression.models import Compression
 from routing.models import Prompt
 from routing.tokens import count_tokens
-from tokenflow_site.errors import ApiError, raise_too_large
+from tokenflow_site.errors import ApiError, require_text
 
 MAX_FORCE_TOKENS = 100
 
@@ -80,16 +80,7 @@ def compress_options_parse(value: Any, *, prefix: str = "") -> dict[str, Any]:
 
 def compress_text_check(text: Any, *, field: str = "text") -> str:
     """A non-empty string within TOKENFLOW_COMPRESSOR_MAX_CHARS (413 beyond it)."""
-    if text is None:
-        raise ApiError(f"'{field}' is required.", code="required", field=field)
-    if not isinstance(text, str):
-        raise ApiError(f"'{field}' must be a string.", code="invalid_type", field=field)
-    if not text.strip():
-        raise ApiError(f"'{field}' must not be empty.", code="empty", field=field)
-    limit = settings.TOKENFLOW_COMPRESSOR_MAX_CHARS
-    if len(text) > limit:
-        raise_too_large(field, len(text), limit)
-    return text
+    return require_text({field: text}, field, max_chars=settings.TOKENFLOW_COMPRESSOR_MAX_CHARS)
 
 
 @dataclass

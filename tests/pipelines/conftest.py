@@ -1,29 +1,13 @@
-import json
-
 import pytest
 
 from routing.providers.mock import reset_mock_calls
+from tests.streams import parse_sse, read_body
 
 
 @pytest.fixture(autouse=True)
 def _fast_retries(settings):
     settings.TOKENFLOW_RETRY_BACKOFF = 0.001
     reset_mock_calls()
-
-
-def parse_sse(body: str) -> list[tuple[str, dict]]:
-    """[(event name, data)] of an SSE body."""
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in lines:
-            events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
-async def read_stream(response) -> str:
-    parts = [chunk async for chunk in response.streaming_content]
-    return b"".join(parts).decode()
 
 
 @pytest.fixture
@@ -37,6 +21,6 @@ def sse():
         )
         if not getattr(response, "streaming", False):
             return response, None
-        return response, parse_sse(await read_stream(response))
+        return response, parse_sse(await read_body(response))
 
     return post

@@ -10,7 +10,8 @@ from accounts.models import ApiKey
 from compression.models import Compression
 from routing.models import Classification, Generation
 from tests.factories import mock_model, route
-from tests.routing.test_generate_http import KeyClient, parse_sse, read_body
+from tests.routing.test_generate_http import KeyClient
+from tests.streams import parse_sse, read_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

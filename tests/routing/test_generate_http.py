@@ -11,6 +11,7 @@ from django.test import AsyncClient
 from accounts.models import ApiKey
 from routing.models import Generation, ModelRanking
 from tests.factories import mock_model
+from tests.streams import parse_sse, read_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,18 +46,6 @@ def client(key):
 @pytest.fixture(autouse=True)
 def fast_retries(settings):
     settings.TOKENFLOW_RETRY_BACKOFF = 0.001
-
-
-def parse_sse(body: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
-async def read_body(response) -> str:
-    return b"".join([part async for part in response.streaming_content]).decode()
 
 
 async def post(client, body, **extra):

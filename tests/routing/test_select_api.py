@@ -8,6 +8,7 @@ from django.test import AsyncClient
 
 from routing.models import CategoryRoute, Classification, Generation, ModelRanking
 from tests.factories import mock_model, route
+from tests.streams import parse_sse
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -31,14 +32,6 @@ def table(settings):
     route("code", mock_model("mock/coder-2", response="second coder"), priority=50)
     route("poetry", mock_model("mock/poet", response="roses"), description="poems")
     return {"default": default, "coder": coder}
-
-
-def parse_sse(body: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def headers(auth: dict[str, str], **more: str) -> dict[str, str]:
