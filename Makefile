@@ -25,7 +25,7 @@ assets: install
 	$(PY) manage.py prepare_models
 
 serve: assets
-	$(PY) manage.py migrate --noprogress
+	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap_local
 	$(PY) manage.py runserver_all --port $(PORT)
 
