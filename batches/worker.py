@@ -511,10 +511,23 @@ class BatchWorker:
                 run.exhausted = not items and not run.running and not run.queue
                 if len(items) < want:
                     run.idle_until = time.monotonic() + self.poll
+                self._supersede(run, items)
                 run.queue.extend(items)
                 self._fill(run)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_wake.wait(), timeout=self.poll)
+
+    @staticmethod
+    def _supersede(run: JobRun, items: list[Claimed]) -> None:
+        """Drop the copies of re-claimed items that this worker still holds: their lease was
+        released meanwhile (a hard pause and resume, an expired lease), so the new claim owns
+        the item and an old copy's result would be stale. A cancelled old task reports a
+        release under its old token, which the write rejects."""
+        ids = {item.id for item in items}
+        if run.queue and ids.intersection(item.id for item in run.queue):
+            run.queue = deque(item for item in run.queue if item.id not in ids)
+        for item_id in ids.intersection(run.running):
+            run.running.pop(item_id).cancel()
 
     def _fill(self, run: JobRun) -> None:
         while run.queue and len(run.running) < run.concurrency and run.accepting:
@@ -526,7 +539,8 @@ class BatchWorker:
             self._claim_wake.set()
 
     def _done(self, run: JobRun, item: Claimed, task: asyncio.Task) -> None:
-        run.running.pop(item.id, None)
+        if run.running.get(item.id) is task:  # not a newer claim of the same item
+            del run.running[item.id]
         if task.cancelled():
             outcome = Outcome(item=item, status=ItemStatus.PENDING, attempts=item.attempts)
         elif task.exception() is not None:
@@ -616,7 +630,8 @@ class BatchWorker:
             if run.executor is None:
                 logger.exception("Batch item %s failed", item.id)
         finally:
-            run.started.pop(item.id, None)
+            if run.started.get(item.id) == started:  # not a newer claim of the same item
+                del run.started[item.id]
         latency = (time.monotonic() - started) * 1000
         usage = usage or {}
         attempt = {
@@ -711,6 +726,30 @@ class BatchWorker:
 
     def _write(self, outcomes: list[Outcome]) -> set[int]:
         """Apply outcomes whose lease is still ours and insert their attempts; return the ids.
+
+        An item can have two outcomes in one flush (a stale copy whose lease was released and
+        the copy of its new claim): each round holds one outcome per item, so "this id was
+        updated" always means "this outcome's token matched", and a stale attempt is never
+        inserted next to another outcome's update. All rounds share one transaction.
+        """
+        rounds: list[list[Outcome]] = []
+        seen: dict[int, int] = {}
+        for outcome in outcomes:
+            index = seen.get(outcome.item.id, 0)
+            seen[outcome.item.id] = index + 1
+            if index == len(rounds):
+                rounds.append([])
+            rounds[index].append(outcome)
+        if len(rounds) == 1:
+            return self._write_round(outcomes)
+        accepted: set[int] = set()
+        with transaction.atomic():
+            for unique in rounds:
+                accepted |= self._write_round(unique)
+        return accepted
+
+    def _write_round(self, outcomes: list[Outcome]) -> set[int]:
+        """Write outcomes of distinct items (see `_write`).
 
         One UPDATE ... FROM (VALUES ...) RETURNING and one multi-row INSERT per 500 rows, on
         PostgreSQL and SQLite alike: few statements, so the DB thread rarely waits for the GIL.

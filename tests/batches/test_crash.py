@@ -1,5 +1,6 @@
 """Real worker processes on PostgreSQL: SIGKILL one mid-job, the next finishes it exactly once;
-SIGTERM stops a worker gracefully. Generous timeouts; skipped without PostgreSQL."""
+SIGTERM stops a worker gracefully. Generous timeouts (a 3 s lease, renewed every second, survives
+a loaded machine); skipped without PostgreSQL."""
 
 import os
 import signal
@@ -30,7 +31,7 @@ def spawn(job_id: int, *extra: str) -> subprocess.Popen:
     url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
     command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "batch_worker"]
-    command += ["--job", str(job_id), "--lease", "1", "--poll", "0.1", "--quiet", *extra]
+    command += ["--job", str(job_id), "--lease", "3", "--poll", "0.1", "--quiet", *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -1,6 +1,7 @@
 """The batch worker against the mock provider: lifecycle, retries, pause, cancel, leases."""
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -8,7 +9,9 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from batches.models import BatchAttempt, BatchItem, BatchJob
+from batches.policy import RetryPolicy
 from batches.services import batch_cancel, batch_create, batch_pause, batch_resume
+from batches.worker import Claimed, JobRun, Outcome
 from routing.models import Classification
 from routing.providers.mock import reset_mock_calls
 from tests.batches.helpers import make_job, refresh, run_worker, wait_for, worker
@@ -271,3 +274,91 @@ async def test_model_auto_classifies_each_item_and_follows_its_route(settings):
         "b": ("completed", poems.name, "poetry model"),
     }
     assert await Classification.objects.filter(top_category__in=["maths", "poems"]).acount() == 2
+
+
+def _outcome(item, status, *, attempt=False):
+    outcome = Outcome(item=item, status=status, attempts=item.attempts)
+    if attempt:
+        outcome.attempts, outcome.result = 1, {"text": "stale"}
+        outcome.attempt = {
+            "number": 1,
+            "status": "succeeded",
+            "request": item.params,
+            "model_name": "",
+            "result": outcome.result,
+            "error_code": "",
+            "error_message": "",
+            "status_code": 200,
+            "retryable": False,
+            "latency_ms": 1.0,
+            "prompt_tokens": None,
+            "completion_tokens": None,
+            "worker": "w",
+            "created_at": timezone.now(),
+        }
+    return outcome
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+def test_a_stale_result_is_dropped_even_next_to_a_live_release_of_its_item(stale_first):
+    """A hard pause released item X, X was claimed again; the old copy's result and the new
+    claim's release reach one flush: the item goes back to pending and no attempt is stored."""
+    model = mock_model()
+    job = make_job(model.name, n=1)
+    w = worker(job)
+    try:
+        (stale,) = w._claim(job.pk, 1, 10, 0, True)
+        batch_pause(job=job, mode="hard")
+        batch_resume(job=job)
+        (live,) = w._claim(job.pk, 1, 10, 0, False)
+        assert live.id == stale.id and live.token != stale.token
+        outcomes = [
+            _outcome(replace(stale), "completed", attempt=True),
+            _outcome(live, "pending"),
+        ]
+        accepted = w._write(outcomes if stale_first else outcomes[::-1])
+    finally:
+        w.close()
+    assert accepted == {live.id}
+    item = BatchItem.objects.get(pk=live.id)
+    assert (item.status, item.attempts, item.lease_token) == ("pending", 0, "")
+    assert not BatchAttempt.objects.filter(item=item).exists()
+
+
+async def test_a_reclaimed_item_supersedes_the_copy_still_in_flight():
+    """The old copy is cancelled and its completion never unregisters the new copy."""
+    release = asyncio.Event()
+
+    async def executor(params):
+        await release.wait()
+        return "done"
+
+    w = worker(None)
+    policy = RetryPolicy(max_attempts=3)
+    run = JobRun(id=1, status="running", concurrency=2, limit=2, policy=policy, executor=executor)
+    old = Claimed(id=7, custom_id="x", params={}, attempts=0, token="old")
+    new = Claimed(id=7, custom_id="x", params={}, attempts=0, token="new")
+    stale_queued = Claimed(id=8, custom_id="y", params={}, attempts=0, token="old")
+    fresh = Claimed(id=8, custom_id="y", params={}, attempts=0, token="new")
+    try:
+        run.queue.append(old)
+        w._fill(run)
+        old_task = run.running[7]
+        run.queue.append(stale_queued)
+        w._supersede(run, [new, fresh])
+        assert list(run.queue) == [] and 7 not in run.running
+        run.queue.extend([new, fresh])
+        w._fill(run)
+        new_task = run.running[7]
+        await asyncio.wait_for(asyncio.gather(old_task, return_exceptions=True), 10)
+        assert old_task.cancelled() and run.running[7] is new_task
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*run.running.values()), 10)
+    finally:
+        release.set()
+        w._pool.shutdown(wait=True)
+        w._write_pool.shutdown(wait=True)
+    by_token = {(o.item.id, o.item.token): o for o in w.buffer}
+    assert set(by_token) == {(7, "old"), (7, "new"), (8, "new")}
+    assert by_token[7, "old"].status == "pending" and by_token[7, "old"].attempt is None
+    assert by_token[7, "new"].status == "completed" and by_token[8, "new"].status == "completed"

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -121,13 +122,13 @@ def test_client_runs_a_request_function_and_resumes():
     params = [{"custom_id": f"r{n}", "n": n} for n in range(10)]
     task = TokenFlowTask(request_fn=request_fn, request_params=params, name="client-test")
     task.run(n_workers=2)
-    deadline = 30
-    while task.progress()["counts"]["completed"] < 5 and deadline > 0:
-        threading.Event().wait(0.05)
-        deadline -= 0.05
+    deadline = time.monotonic() + 60
+    while task.progress()["counts"]["completed"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
     task.hard_stop()
     gate.set()
-    stats = task.wait_for_done(timeout=30)
+    stats = task.wait_for_done(timeout=60)
+    assert not task._thread.is_alive()  # the snapshot below is final, no write in flight
     assert stats["status"] == "paused"
     assert stats["counts"]["completed"] >= 5
     assert BatchAttempt.objects.filter(item__job=task.job).count() == stats["counts"]["completed"]
@@ -136,6 +137,7 @@ def test_client_runs_a_request_function_and_resumes():
     again = TokenFlowTask(request_fn=request_fn, request_params=params, name="client-test")
     assert again.job.pk == task.job.pk
     again.run(n_workers=4).wait_for_done(timeout=60)
+    assert not again._thread.is_alive()
     assert again.progress()["status"] == "completed"
     results = again.results()
     assert results["r7"]["text"] == "#7" and len(results) == 10
