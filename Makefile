@@ -27,6 +27,7 @@ assets: install
 serve: assets
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap_local
+	$(PY) manage.py sweep_generations
 	$(PY) manage.py runserver_all --port $(PORT)
 
 test: assets
