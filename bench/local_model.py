@@ -3,10 +3,12 @@
 In one process (same weights, same thread count): raw greedy `generate`, then the local
 provider's stream (worker thread + queue + per-token decode), then 4 concurrent requests
 (aggregate tokens/s) one at a time (TOKENFLOW_LOCAL_CONCURRENCY=1) and batched into one
-forward pass (=4). Finally one
-stream through a daphne process over SSE, measured first (see the OpenMP note in main()).
+forward pass (=4). And one stream through a daphne process over SSE, interleaved with the
+in-process runs so machine noise hits all alike; server and bench use the same
+TOKENFLOW_LOCAL_THREADS (--threads), and the bench's CPU while it waits on daphne is printed
+(it must be ~0: only one process computes at a time).
 
-    .venv/bin/python bench/local_model.py [--tokens 64 --runs 3]
+    .venv/bin/python bench/local_model.py [--tokens 64 --runs 3 --threads auto]
 """
 
 import argparse
@@ -62,9 +64,11 @@ async def concurrent(tokens: int, count: int) -> float:
     return sum(n for n, _ in results) / (time.perf_counter() - started)
 
 
-def daphne_stream(gateway, key: str, tokens: int) -> float:
+def daphne_stream(gateway, key: str, tokens: int) -> tuple[float, float, float]:
+    """(tokens/s from request start, tokens/s after the first token, bench CPU cores used)."""
     body = {"model": "local/bench", "messages": PROMPT, "max_tokens": tokens}
-    started, usage = time.perf_counter(), None
+    started, usage, first = time.perf_counter(), None, None
+    cpu = time.process_time()
     with httpx.stream(
         "POST",
         f"{gateway.url}/api/generate",
@@ -73,15 +77,23 @@ def daphne_stream(gateway, key: str, tokens: int) -> float:
         timeout=600,
     ) as response:
         for line in response.iter_lines():
+            if first is None and line == "event: text_chunk":
+                first = time.perf_counter()
             if line.startswith("data: ") and '"usage"' in line:
                 usage = json.loads(line[6:])["usage"]
-    return usage["completion_tokens"] / (time.perf_counter() - started)
+    ended = time.perf_counter()
+    count = usage["completion_tokens"]
+    return (
+        count / (ended - started),
+        (count - 1) / (ended - first),
+        (time.process_time() - cpu) / (ended - started),
+    )
 
 
-def start_gateway():
+def start_gateway(threads: str):
     from bench.harness import Gateway
 
-    gateway = Gateway()
+    gateway = Gateway(TOKENFLOW_LOCAL_THREADS=threads)
     gateway.manage("migrate", "--noinput")
     gateway.shell(
         "from routing.models import ModelRanking; ModelRanking.objects.create("
@@ -97,44 +109,54 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        default=os.environ.get("TOKENFLOW_LOCAL_THREADS", "auto"),
+        help="TOKENFLOW_LOCAL_THREADS for the server and this process (auto, 0 = torch default)",
+    )
     args = parser.parse_args()
+    os.environ["TOKENFLOW_LOCAL_THREADS"] = args.threads  # before settings are read
     import django
 
     django.setup()
     import torch
-
-    # The server first, before this process runs torch: idle OpenMP threads of a process that
-    # just generated spin for a while and, on 2 cores, slow the other process several-fold.
-    gateway, key = start_gateway()
-    try:
-        served = [daphne_stream(gateway, key, args.tokens) for _ in range(args.runs)]
-    finally:
-        gateway.stop()
-    raw_generate(8)  # load + warm up
-    raw, streamed = [], []
-    for _ in range(args.runs):  # interleaved: machine noise hits both alike
-        raw.append(raw_generate(args.tokens))
-        count, seconds = asyncio.run(provider_stream(args.tokens))
-        streamed.append(count / seconds)
     from django.conf import settings
 
+    gateway, key = start_gateway(args.threads)
+    try:
+        raw_generate(8)  # load + warm up
+        raw, streamed, served, served_decode, bench_cpu = [], [], [], [], []
+        for _ in range(args.runs):  # interleaved: machine noise hits all alike
+            per_request, decode, cpu = daphne_stream(gateway, key, args.tokens)
+            served.append(per_request)
+            served_decode.append(decode)
+            bench_cpu.append(cpu)
+            raw.append(raw_generate(args.tokens))
+            count, seconds = asyncio.run(provider_stream(args.tokens))
+            streamed.append(count / seconds)
+    finally:
+        gateway.stop()
     settings.TOKENFLOW_LOCAL_CONCURRENCY = 1
     one_at_a_time = asyncio.run(concurrent(args.tokens, 4))
     settings.TOKENFLOW_LOCAL_CONCURRENCY = 4
     batched = asyncio.run(concurrent(args.tokens, 4))
-    served = statistics.median(served)
+    raw, streamed, served = (statistics.median(v) for v in (raw, streamed, served))
     print(
         f"local model: SmolLM2-135M fp32, greedy, {args.tokens} new tokens, "
-        f"torch threads {torch.get_num_threads()}, median of {args.runs}"
+        f"TOKENFLOW_LOCAL_THREADS={args.threads} (torch threads {torch.get_num_threads()}), "
+        f"median of {args.runs}"
     )
-    print(f"  raw model.generate         : {statistics.median(raw):6.1f} tokens/s")
-    print(f"  local provider stream      : {statistics.median(streamed):6.1f} tokens/s")
+    print(f"  raw model.generate         : {raw:6.1f} tokens/s")
+    print(f"  local provider stream      : {streamed:6.1f} tokens/s")
     print(f"  4 concurrent, one at a time: {one_at_a_time:6.1f} tokens/s aggregate")
     print(f"  4 concurrent, batched      : {batched:6.1f} tokens/s aggregate")
     print(f"  through daphne (SSE)       : {served:6.1f} tokens/s (incl. HTTP, DB, prefill)")
     print(
-        f"  ratio provider/raw {statistics.median(streamed) / statistics.median(raw):.2f}, "
-        f"daphne/raw {served / statistics.median(raw):.2f}, "
+        f"    after the first token    : {statistics.median(served_decode):6.1f} tokens/s; "
+        f"bench CPU while waiting {max(bench_cpu):.2f} cores"
+    )
+    print(
+        f"  ratio provider/raw {streamed / raw:.2f}, daphne/raw {served / raw:.2f}, "
         f"batched/one-at-a-time {batched / one_at_a_time:.2f}"
     )
 

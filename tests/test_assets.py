@@ -67,3 +67,27 @@ def test_converted_smollm2_knows_paris():
         output = model.generate(inputs, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(output[0, inputs.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+@pytest.mark.model
+def test_local_model_applies_thread_setting_in_the_calling_thread(settings):
+    import threading
+
+    import torch
+
+    from routing.local_model import load_local_model
+
+    load_local_model()
+    before = torch.get_num_threads()
+    settings.TOKENFLOW_LOCAL_THREADS = 3 if before != 3 else 2
+    seen = []
+
+    def generating_thread() -> None:
+        load_local_model()
+        seen.append(torch.get_num_threads())
+        torch.set_num_threads(before)  # leave the process as it was
+
+    worker = threading.Thread(target=generating_thread)
+    worker.start()
+    worker.join(timeout=120)
+    assert seen == [settings.TOKENFLOW_LOCAL_THREADS]

@@ -302,6 +302,13 @@ TOKENFLOW_LOCAL_BATCH_WINDOW = float(os.environ.get("TOKENFLOW_LOCAL_BATCH_WINDO
 TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS = int(os.environ.get("TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS", 256))
 # Retry-After (seconds) sent with a 503 queue_full.
 TOKENFLOW_LOCAL_RETRY_AFTER = float(os.environ.get("TOKENFLOW_LOCAL_RETRY_AFTER", 5))
+# Torch intra-op threads for local generation: "auto" = half the cores (at least 1), 0 = torch's
+# default (all cores). All cores lose several-fold as soon as anything else wants a core (OpenMP
+# threads wait on a descheduled one): see docs/streaming.md.
+_local_threads = os.environ.get("TOKENFLOW_LOCAL_THREADS", "auto").strip().lower()
+TOKENFLOW_LOCAL_THREADS = (
+    max(1, (os.cpu_count() or 2) // 2) if _local_threads == "auto" else int(_local_threads)
+)
 # GET /metrics: public (default, like most exporters) or staff/API-key only.
 TOKENFLOW_METRICS_PUBLIC = env_bool("TOKENFLOW_METRICS_PUBLIC", True)
 
