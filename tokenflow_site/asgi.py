@@ -2,11 +2,16 @@
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenflow_site.settings")
 # Initialise Django before importing consumers (they import models).
-django_asgi_app = get_asgi_application()
+get_asgi_application()  # django.setup()
+from tokenflow_site.middleware import AsyncMiddlewareASGIHandler, SharedSyncThreads  # noqa: E402
+
+# Stock middleware swapped for async-native equivalents (no thread hop per hook).
+django_asgi_app = AsyncMiddlewareASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
@@ -16,7 +21,7 @@ from tokenflow_site.websocket_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": SharedSyncThreads(django_asgi_app, threads=settings.TOKENFLOW_HTTP_SYNC_THREADS),
         "websocket": AllowedHostsOriginValidator(
             WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
         ),

@@ -300,6 +300,10 @@ TOKENFLOW_LOCAL_QUEUE_SIZE = int(os.environ.get("TOKENFLOW_LOCAL_QUEUE_SIZE", 8)
 TOKENFLOW_LOCAL_CONCURRENCY = int(os.environ.get("TOKENFLOW_LOCAL_CONCURRENCY", 4))
 TOKENFLOW_LOCAL_BATCH_WINDOW = float(os.environ.get("TOKENFLOW_LOCAL_BATCH_WINDOW", 0.01))
 TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS = int(os.environ.get("TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS", 256))
+# HTTP requests share this many sync threads (ORM, signals) instead of one new thread and DB
+# connection per request (tokenflow_site.middleware.SharedSyncThreads), like WebSocket
+# consumers share one; 0 = Django's default (a thread per request).
+TOKENFLOW_HTTP_SYNC_THREADS = int(os.environ.get("TOKENFLOW_HTTP_SYNC_THREADS", 1))
 # Retry-After (seconds) sent with a 503 queue_full.
 TOKENFLOW_LOCAL_RETRY_AFTER = float(os.environ.get("TOKENFLOW_LOCAL_RETRY_AFTER", 5))
 # Torch intra-op threads for local generation: "auto" = half the cores (at least 1), 0 = torch's

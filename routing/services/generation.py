@@ -304,6 +304,17 @@ async def generation_acreate(
     messages = messages_parse(data)
     params = params_parse(data)
     options = compress_options(data)
+    if options is None:
+        # The common case in one thread hop (choose, Prompt, Generation): under hundreds of
+        # concurrent streams every hop is a thread switch that delays the others' chunks.
+        return await sync_to_async(_generation_create)(
+            name=data.get("model"),
+            messages=messages,
+            params=params,
+            api_key=api_key,
+            transport=transport,
+            source=source,
+        )
     choice = await sync_to_async(model_choose)(
         name=data.get("model"), messages=messages, api_key=api_key, source=source
     )
@@ -325,6 +336,31 @@ async def generation_acreate(
         prompt=prompt,
         classification=choice.classification,
         compression=compression,
+        check_provider=False,  # model_choose checked it
+    )
+    return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
+
+
+def _generation_create(
+    *,
+    name: Any,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str,
+) -> PreparedGeneration:
+    """generation_acreate without compression, synchronously."""
+    choice = model_choose(name=name, messages=messages, api_key=api_key, source=source)
+    generation = generation_prepare(
+        model=choice.model,
+        messages=messages,
+        params=params,
+        api_key=api_key,
+        transport=transport,
+        source=source,
+        prompt=choice.prompt,
+        classification=choice.classification,
         check_provider=False,  # model_choose checked it
     )
     return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
