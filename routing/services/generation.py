@@ -326,19 +326,16 @@ async def generation_acreate(
         messages, compression = await messages_compress(
             messages=messages, options=options, api_key=api_key, prompt=prompt
         )
-    generation = await sync_to_async(generation_prepare)(
-        model=choice.model,
+    return await sync_to_async(_prepared)(
+        choice,
         messages=messages,
         params=params,
         api_key=api_key,
         transport=transport,
         source=source,
         prompt=prompt,
-        classification=choice.classification,
         compression=compression,
-        check_provider=False,  # model_choose checked it
     )
-    return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
 
 
 def _generation_create(
@@ -352,6 +349,29 @@ def _generation_create(
 ) -> PreparedGeneration:
     """generation_acreate without compression, synchronously."""
     choice = model_choose(name=name, messages=messages, api_key=api_key, source=source)
+    return _prepared(
+        choice,
+        messages=messages,
+        params=params,
+        api_key=api_key,
+        transport=transport,
+        source=source,
+        prompt=choice.prompt,
+    )
+
+
+def _prepared(
+    choice: ModelChoice,
+    *,
+    messages: list[dict[str, str]],
+    params: GenerationParams,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str,
+    prompt: Prompt | None,
+    compression=None,
+) -> PreparedGeneration:
+    """Persist the queued Generation of a model choice, with what its stream needs."""
     generation = generation_prepare(
         model=choice.model,
         messages=messages,
@@ -359,8 +379,9 @@ def _generation_create(
         api_key=api_key,
         transport=transport,
         source=source,
-        prompt=choice.prompt,
+        prompt=prompt,
         classification=choice.classification,
+        compression=compression,
         check_provider=False,  # model_choose checked it
     )
     return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
