@@ -1,14 +1,16 @@
-"""DRF adapter: the middleware already authenticated the request."""
+"""DRF adapter: the middleware already authenticated and authorized the request."""
 
 from rest_framework.authentication import BaseAuthentication
 
 
-class ApiKeyAuthentication(BaseAuthentication):
+class PrincipalAuthentication(BaseAuthentication):
+    """`request.user` is the key's owner or the staff user; `request.auth` the Principal."""
+
     def authenticate(self, request):
-        key = getattr(request._request, "api_key", None)
-        if key is None:
+        principal = getattr(request._request, "principal", None)
+        if principal is None:
             return None
-        return (key.user, key)
+        return (principal.user, principal)
 
     def authenticate_header(self, request) -> str:
         return "Bearer"

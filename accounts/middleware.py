@@ -1,15 +1,21 @@
-"""Bearer API-key auth for /api/ and /v1/ (sync and async), with JSON 401s, plus the
-per-key rate limit (429 with Retry-After and X-RateLimit-* headers)."""
+"""HTTP front door for /api/ and /v1/: authenticate (API key or session), authorize through
+`accounts.permissions`, and apply the per-key rate limit (429 with Retry-After and
+X-RateLimit-* headers). Sync and async."""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.contrib.auth import SESSION_KEY
 from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 
+from accounts.permissions import principal_authorize
 from accounts.ratelimit import rate_limit_hit
 from accounts.selectors import api_key_authenticate
-from tokenflow_site.errors import json_error
+from tokenflow_site.errors import ApiError, error_response
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
-PUBLIC_PATHS = ("/api/schema/", "/api/docs/")
+PUBLIC_PATHS = ("/api/schema/", "/api/docs/", "/api/redoc/")
+# Where API clients put the key: OpenAI clients send Authorization, Azure's send api-key.
+KEY_HEADERS = ("X-API-Key", "api-key")
 
 
 def bearer_token(header: str) -> str | None:
@@ -19,25 +25,59 @@ def bearer_token(header: str) -> str | None:
     return value.strip()
 
 
+def raw_api_key(headers) -> tuple[bool, str | None]:
+    """(a key was offered, the raw key or None if malformed) from request headers."""
+    authorization = headers.get("Authorization", "")
+    if authorization:
+        return True, bearer_token(authorization)
+    for name in KEY_HEADERS:
+        value = headers.get(name, "").strip()
+        if value:
+            return True, value
+    return False, None
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's CSRF check, answering with the reason instead of the HTML failure view."""
+
+    def _reject(self, request, reason):
+        return reason
+
+
+def _csrf_failure(request: HttpRequest):
+    return lambda: _CsrfCheck(lambda r: None).process_view(request, None, (), {})
+
+
+def _stale_session(request: HttpRequest, user) -> bool:
+    """A session cookie naming a user who can no longer log in (inactive, deleted)."""
+    if user is not None and user.is_authenticated:
+        return False
+    session = getattr(request, "session", None)
+    return session is not None and SESSION_KEY in session
+
+
 def _authenticate(request: HttpRequest) -> HttpResponse | None:
-    """Set request.api_key, or return the 401 response. Staff sessions are accepted too."""
-    request.api_key, request.rate_limit = None, None
+    """Set request.principal (and request.api_key), or return the 401/403/429 response."""
+    request.principal, request.api_key, request.rate_limit = None, None, None
     if not request.path.startswith(PROTECTED_PREFIXES) or request.path.startswith(PUBLIC_PATHS):
         return None
-    header = request.headers.get("Authorization", "")
-    if not header:
-        user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated:
-            return None
-        return json_error(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="unauthorized", status=401
+    offered, raw = raw_api_key(request.headers)
+    key = api_key_authenticate(raw=raw) if raw else None
+    try:
+        if offered and key is None:
+            raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
+        user = None if offered else getattr(request, "user", None)
+        request.principal = principal_authorize(
+            api_key=key,
+            user=user,
+            method=request.method,
+            csrf_failure=_csrf_failure(request),
+            stale_session=not offered and _stale_session(request, user),
         )
-    token = bearer_token(header)
-    key = api_key_authenticate(raw=token) if token else None
-    if key is None:
-        return json_error("Invalid or revoked API key.", code="unauthorized", status=401)
+    except ApiError as exc:
+        return error_response(exc)
     request.api_key = key
-    return _rate_limit(request)
+    return _rate_limit(request) if key is not None else None
 
 
 def _rate_limit(request: HttpRequest) -> HttpResponse | None:
@@ -46,8 +86,10 @@ def _rate_limit(request: HttpRequest) -> HttpResponse | None:
     request.rate_limit = decision
     if decision is None or decision.allowed:
         return None
-    return json_error(
-        decision.message(), code="rate_limited", status=429, retry_after=decision.retry_after
+    return error_response(
+        ApiError(
+            decision.message(), code="rate_limited", status=429, retry_after=decision.retry_after
+        )
     )
 
 
@@ -78,5 +120,5 @@ class ApiKeyMiddleware:
             # request.user is lazy and hits the DB, so resolve everything in one thread hop.
             denied = await sync_to_async(_authenticate)(request)
         else:
-            request.api_key, request.rate_limit, denied = None, None, None
+            request.principal, request.api_key, request.rate_limit, denied = None, None, None, None
         return _with_headers(request, denied or await self.get_response(request))

@@ -1,6 +1,5 @@
 """One JSON error shape for every failure: {"error": {"code", "message", "field"?}}."""
 
-import json
 import logging
 from typing import Any
 
@@ -8,7 +7,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +64,9 @@ def error_response(error: ApiError) -> JsonResponse:
 
 def parse_json_body(request: HttpRequest) -> dict[str, Any]:
     """Decode a JSON object body or raise a 400 ApiError."""
-    try:
-        data = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(f"Malformed JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(data, dict):
-        raise ApiError("The request body must be a JSON object.", code="invalid_json")
-    return data
+    from tokenflow_site.api import json_object  # api builds on this module
+
+    return json_object(request.body)
 
 
 def require_text(data: dict[str, Any], field: str, *, max_chars: int | None = None) -> str:
@@ -105,39 +99,79 @@ _DRF_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    413: "input_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
 }
 
+# One error code per kind of mistake, whichever field or serializer made it.
+_VALIDATION_CODES = {
+    "required": "required",
+    "null": "required",
+    "blank": "empty",
+    "empty": "empty",
+    "invalid": "invalid_type",
+    "not_a_list": "invalid_type",
+    "not_a_dict": "invalid_type",
+    "max_value": "out_of_range",
+    "min_value": "out_of_range",
+    "max_length": "too_long",
+    "max_string_length": "too_long",
+    "min_length": "too_short",
+    "invalid_choice": "invalid_choice",
+    "null_characters_not_allowed": "invalid_type",
+    "surrogate_characters_not_allowed": "invalid_type",
+}
+
+
+def _first_error(detail: Any, path: str = "") -> tuple[str, Any]:
+    """(dotted field path, first ErrorDetail) of a nested DRF error structure."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            return _first_error(value, f"{path}.{name}" if path and name else path or name)
+        return path, "Invalid input."
+    if isinstance(detail, list):
+        for index, value in enumerate(detail):
+            if value in ({}, [], None):
+                continue  # ListField errors are positional; skip the valid items
+            nested = isinstance(value, dict | list)
+            return _first_error(value, f"{path}[{index}]" if nested and path else path)
+        return path, "Invalid input."
+    return path, detail
+
+
+def validation_error_to_api_error(exc: drf_exceptions.ValidationError) -> ApiError:
+    """A DRF ValidationError as the one error shape: the first problem, its field, its code."""
+    field, detail = _first_error(exc.detail)
+    raw_code = getattr(detail, "code", None) or "invalid"
+    code = _VALIDATION_CODES.get(raw_code, raw_code if raw_code.islower() else "invalid")
+    top = field.split(".")[0].split("[")[0] if field else None
+    message = f"{field}: {detail}" if field else str(detail)
+    return ApiError(message, code=code, field=top or None)
+
 
 def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
     """Render DRF and service errors in the one JSON error shape."""
+    if isinstance(exc, drf_exceptions.ValidationError):
+        exc = validation_error_to_api_error(exc)
     if isinstance(exc, ApiError):
         response = Response(exc.payload(), status=exc.status)
         if exc.retry_after is not None:
             response["Retry-After"] = str(max(1, int(round(exc.retry_after + 0.499))))
         return response
+    # DRF's views module reads REST_FRAMEWORK (which names this module): import it late.
+    from rest_framework.views import exception_handler
+
     response = exception_handler(exc, context)
     if response is None:
         return None
     code = _DRF_CODES.get(response.status_code, "error")
-    field = None
-    if isinstance(exc, drf_exceptions.ValidationError) and isinstance(exc.detail, dict):
-        field, messages = next(iter(exc.detail.items()), (None, ["Invalid input."]))
-        message = messages[0] if isinstance(messages, list) and messages else str(messages)
-        if isinstance(message, dict):
-            message = json.dumps(message)
-        message = f"{field}: {message}" if field and field != "non_field_errors" else str(message)
-        field = None if field == "non_field_errors" else field
-    elif isinstance(exc, drf_exceptions.ParseError):
-        code, message = "invalid_json", str(exc.detail)
-    else:
-        detail = getattr(exc, "detail", str(exc))
-        message = str(detail[0] if isinstance(detail, list) and detail else detail)
-    body: dict[str, Any] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    response.data = {"error": body}
+    if isinstance(exc, drf_exceptions.ParseError):
+        code = "invalid_json"
+    detail = getattr(exc, "detail", str(exc))
+    message = str(detail[0] if isinstance(detail, list) and detail else detail)
+    response.data = {"error": {"code": code, "message": message}}
     return response
 
 

@@ -186,13 +186,15 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 # REST framework and OpenAPI
 # ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    # Authentication is done by accounts.middleware.ApiKeyMiddleware for /api/ and /v1/.
-    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    # accounts.middleware.ApiKeyMiddleware authenticates and authorizes /api/ and /v1/
+    # (accounts.permissions); DRF reads the Principal it admitted.
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.PrincipalAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.permissions.IsApiPrincipal"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # A JSON body is JSON whatever its Content-Type says (curl -d sends a form type).
+    "DEFAULT_PARSER_CLASSES": ["tokenflow_site.api.AnyContentJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "tokenflow_site.api.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "tokenflow_site.errors.drf_exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -374,3 +376,10 @@ TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")
 TOKENFLOW_BATCH_WS_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_WS_POLL_SECONDS", 2))
 if env_bool("TOKENFLOW_BATCH_WORKER", True):
     TOKENFLOW_SIDECARS.append(["batch_worker"])
+
+# ---------------------------------------------------------------------------
+# TokenFlow: the front door (pagination, WebSocket auth)
+# ---------------------------------------------------------------------------
+TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
+# Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
+TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))

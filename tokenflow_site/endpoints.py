@@ -1,0 +1,79 @@
+"""`api_endpoint`: the front door for async (streaming) views.
+
+DRF views are sync, so SSE, NDJSON and /v1 views are plain Django async views. This
+decorator gives them the same steps in the same order as a DRF view (method, Principal,
+JSON body, serializer) before anything streams, and publishes them in the OpenAPI schema
+through a documentation-only APIView class.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.views import APIView
+
+from accounts.permissions import request_principal
+from tokenflow_site.api import json_object, validate
+from tokenflow_site.errors import ApiError, error_response
+
+# --- async views -------------------------------------------------------------------------
+
+ErrorRenderer = Callable[[ApiError], HttpResponse]
+
+
+def method_not_allowed(request: HttpRequest, methods: Sequence[str]) -> ApiError:
+    return ApiError(
+        f"Method {request.method} is not allowed on {request.path}.",
+        code="method_not_allowed",
+        status=405,
+        extra={"allowed": list(methods)},
+    )
+
+
+def api_endpoint(
+    serializer_class: type[serializers.Serializer] | None = None,
+    *,
+    methods: Sequence[str] = ("POST",),
+    render_error: ErrorRenderer = error_response,
+    **schema: Any,
+):
+    """Decorate `async def view(request, data, **kwargs)`: check the method and the
+    Principal, parse the JSON body (any Content-Type) and validate it with
+    `serializer_class`, all before the view (and its stream) starts. `schema` goes to
+    drf-spectacular's `extend_schema` (responses, summary, ...)."""
+
+    def decorate(view):
+        @csrf_exempt  # CSRF is enforced for sessions by the front door (accounts.middleware)
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise method_not_allowed(request, methods)
+                request_principal(request)
+                data = None
+                if serializer_class is not None:
+                    data = validate(serializer_class, json_object(request.body), request=request)
+            except ApiError as exc:
+                response = render_error(exc)
+                if exc.status == 405:
+                    response["Allow"] = ", ".join(methods)
+                return response
+            return await view(request, data, *args, **kwargs)
+
+        # drf-spectacular documents APIView classes only: give it one that describes this
+        # view (never instantiated for a request).
+        handlers = {
+            method.lower(): extend_schema(request=serializer_class, **schema)(
+                lambda self, request, *args, **kwargs: None
+            )
+            for method in methods
+        }
+        wrapper.cls = type(f"{view.__name__}_schema", (APIView,), handlers)
+        wrapper.initkwargs = {}
+        return wrapper
+
+    return decorate
