@@ -7,26 +7,20 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from accounts.websocket import scope_is_authenticated
+from accounts.permissions import Principal, owned_by
+from accounts.websocket import SocketPrincipalMixin
 from batches.models import BatchJob
 from batches.selectors import batch_progress
 
 
 @database_sync_to_async
-def _progress_for(scope, job_id: int) -> dict | None:
-    """The job's progress if the connection may see it (own API key or staff), else None."""
-    job = BatchJob.objects.filter(pk=job_id).first()
-    if job is None:
-        return None
-    user = scope.get("user")
-    staff = bool(user is not None and user.is_authenticated and user.is_staff)
-    key = scope.get("api_key")
-    if not staff and (key is None or job.api_key_id != key.pk):
-        return None
-    return batch_progress(job=job)
+def _progress_for(principal: Principal, job_id: int) -> dict | None:
+    """The job's progress if the principal may see it (its key's job, or staff)."""
+    job = owned_by(BatchJob.objects.all(), principal).filter(pk=job_id).first()
+    return None if job is None else batch_progress(job=job)
 
 
-class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
+class BatchProgressConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
     """Sends {"type": "progress", ...} on connect, on every worker update and on changes
     seen by polling (workers in another process with an in-memory layer cannot push)."""
 
@@ -35,10 +29,13 @@ class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
         self.group = f"batch_{self.job_id}"
         self.poller: asyncio.Task | None = None
         self.last: dict | None = None
-        if not await scope_is_authenticated(self.scope):
+        if not await self.principal_connect():
+            return
+        if self.principal is None:  # this socket takes no auth message: handshake only
+            self.principal_disconnect()
             await self.close(code=4401)
             return
-        progress = await _progress_for(self.scope, self.job_id)
+        progress = await _progress_for(self.principal, self.job_id)
         if progress is None:
             await self.close(code=4404)
             return
@@ -48,6 +45,7 @@ class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
         self.poller = asyncio.create_task(self._poll())
 
     async def disconnect(self, code: int) -> None:
+        self.principal_disconnect()
         if self.poller is not None:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,12 +57,14 @@ class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         if isinstance(content, dict) and content.get("type") == "refresh":
-            await self._send(await _progress_for(self.scope, self.job_id), force=True)
+            await self._send(await _progress_for(self.principal, self.job_id), force=True)
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(settings.TOKENFLOW_BATCH_WS_POLL_SECONDS)
-            progress = await _progress_for(self.scope, self.job_id)
+            if not await self.principal_check():  # revoked: closed
+                return
+            progress = await _progress_for(self.principal, self.job_id)
             if progress is not None:
                 await self._send(progress)
 

@@ -14,7 +14,9 @@ from django.utils.module_loading import import_string
 from accounts.models import ApiKey
 from batches.models import BatchItem, BatchJob
 from routing.models import ModelRanking
-from routing.services.generation import messages_parse, model_resolve, params_parse
+from routing.serializers import GenerateRequestSerializer, SamplingSerializer
+from routing.services.models import model_resolve
+from tokenflow_site.api import validate
 from tokenflow_site.errors import ApiError
 
 AUTO = "auto"
@@ -103,11 +105,11 @@ def _item_parse(
             raise ApiError(f"prompt_template: {exc!r}", field="variables") from exc
     elif template and "messages" not in body and "prompt" not in body:
         body["prompt"] = template
-    messages = messages_parse(body)
-    params = params_parse({**defaults, **body}).as_dict()
     model = body.get("model") or job_model
     if needs_model and not (isinstance(model, str) and model.strip()):
         raise ApiError("'model' is required (in the body or on the job).", field="model")
+    request = validate(GenerateRequestSerializer, {**defaults, **body, "model": model})
+    messages, params = request.messages, request.params.as_dict()
     extra = body.get("extra")
     if extra is not None and not isinstance(extra, dict):
         raise ApiError("'extra' must be an object.", field="extra")
@@ -174,7 +176,7 @@ def batch_create(
     parameters = parameters or {}
     if not isinstance(parameters, dict):
         raise ApiError("'parameters' must be an object.", field="parameters")
-    params_parse(parameters)
+    validate(SamplingSerializer, parameters)
     if not isinstance(model, str) or not isinstance(name, str):
         raise ApiError("'model' and 'name' must be strings.", field="model")
     if not isinstance(prompt_template, str):

@@ -1,6 +1,82 @@
+"""Compression requests (validated here, once) and the read-back shapes."""
+
+from django.conf import settings
 from rest_framework import serializers
 
+from compression.engines import METHODS
 from compression.models import Compression
+from tokenflow_site.api import LargeTextField, StrictCharField, StrictFloatField, StrictIntegerField
+
+MAX_FORCE_TOKENS = 100
+MAX_FORCE_TOKEN_CHARS = 100
+MAX_QUESTION_CHARS = 2000
+
+
+class CompressOptionsSerializer(serializers.Serializer):
+    """How to compress: `ratio` or `target_tokens`, plus optional question-aware and
+    forced-token options. Also the `compress` object of generation requests."""
+
+    ratio = StrictFloatField(required=False, min_value=0, max_value=1, help_text="(0, 1]")
+    target_tokens = StrictIntegerField(required=False, min_value=1, max_value=1_000_000)
+    question = StrictCharField(
+        required=False, allow_blank=True, max_length=MAX_QUESTION_CHARS, default=""
+    )
+    instruction = StrictCharField(
+        required=False, allow_blank=True, max_length=MAX_QUESTION_CHARS, default=""
+    )
+    force_tokens = serializers.ListField(
+        child=StrictCharField(max_length=MAX_FORCE_TOKEN_CHARS),
+        required=False,
+        max_length=MAX_FORCE_TOKENS,
+        default=list,
+    )
+    engine = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
+    method = serializers.ChoiceField(
+        choices=METHODS, required=False, allow_null=True, default=None
+    )
+
+    def validate_ratio(self, value: float) -> float:
+        if value <= 0:
+            raise serializers.ValidationError("must be greater than 0.", code="min_value")
+        return value
+
+    def validate_engine(self, value: str | None) -> str | None:
+        if value is not None and value not in settings.TOKENFLOW_COMPRESSOR_ENGINES:
+            names = ", ".join(sorted(settings.TOKENFLOW_COMPRESSOR_ENGINES))
+            raise serializers.ValidationError(
+                f"unknown engine {value!r}; choose one of: {names}.", code="invalid_choice"
+            )
+        return value
+
+    def validate_force_tokens(self, value: list[str]) -> list[str]:
+        if not all(token.strip() for token in value):
+            raise serializers.ValidationError("entries must not be empty.", code="blank")
+        return list(dict.fromkeys(value))
+
+    def validate(self, attrs: dict) -> dict:
+        ratio, target = attrs.get("ratio"), attrs.get("target_tokens")
+        if ratio is not None and target is not None:
+            raise serializers.ValidationError(
+                {"ratio": "send either 'ratio' or 'target_tokens', not both."}, code="invalid"
+            )
+        if ratio is None and target is None:
+            raise serializers.ValidationError(
+                {"ratio": "'ratio' or 'target_tokens' is required."}, code="required"
+            )
+        attrs.setdefault("ratio", None)
+        attrs.setdefault("target_tokens", None)
+        return attrs
+
+
+class CompressRequestSerializer(CompressOptionsSerializer):
+    """The body of POST /api/compress."""
+
+    text = LargeTextField(max_chars=lambda: settings.TOKENFLOW_COMPRESSOR_MAX_CHARS)
+
+    def validate_text(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty.", code="blank")
+        return value
 
 
 class CompressionSerializer(serializers.ModelSerializer):

@@ -2,68 +2,62 @@
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
-from rest_framework import generics
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers
 
+from accounts.permissions import owned_by
 from compression.models import Compression
-from compression.serializers import CompressionDetailSerializer, CompressionSerializer
-from compression.services import acompression_create, compress_text_check
-from tokenflow_site.errors import ApiError, error_response, parse_json_body
+from compression.serializers import (
+    CompressionDetailSerializer,
+    CompressionSerializer,
+    CompressRequestSerializer,
+)
+from compression.services import acompression_create
+from tokenflow_site.endpoints import api_endpoint, query_validate
 
 
-@csrf_exempt
-@require_POST
-async def compress(request: HttpRequest) -> JsonResponse:
+@api_endpoint(
+    CompressRequestSerializer,
+    responses={201: CompressionSerializer},
+    summary="Compress a prompt (LLMLingua)",
+)
+async def compress(request: HttpRequest, data: dict) -> JsonResponse:
     """POST /api/compress: {text, ratio | target_tokens, question?, force_tokens?, instruction?}."""
-    try:
-        data = parse_json_body(request)
-        text = compress_text_check(data.get("text"))
-        compression = await acompression_create(
-            text=text,
-            ratio=data.get("ratio"),
-            target_tokens=data.get("target_tokens"),
-            question=data.get("question"),
-            force_tokens=data.get("force_tokens"),
-            instruction=data.get("instruction"),
-            engine=data.get("engine"),
-            method=data.get("method"),
-            api_key=getattr(request, "api_key", None),
-        )
-    except ApiError as error:
-        return error_response(error)
+    compression = await acompression_create(**data, api_key=request.api_key)
     body = await sync_to_async(lambda: CompressionSerializer(compression).data)()
     return JsonResponse(body, status=201)
 
 
+class CompressionFilterSerializer(serializers.Serializer):
+    engine = serializers.CharField(required=False, max_length=200)
+    skipped = serializers.BooleanField(required=False)
+    prompt = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+
+
 class CompressionQuerysetMixin:
     def get_queryset(self):
-        queryset = Compression.objects.all()
-        api_key = getattr(self.request, "api_key", None)
-        if api_key is not None:  # a key sees its own compressions; staff sessions see all
-            queryset = queryset.filter(api_key=api_key)
-        return queryset
+        return owned_by(Compression.objects.order_by("-created_at", "-id"), self.request.auth)
 
 
+@extend_schema(parameters=[CompressionFilterSerializer])
 class CompressionList(CompressionQuerysetMixin, generics.ListAPIView):
     """GET /api/compressions?engine=fast&skipped=false&prompt=12 (paginated, newest first)."""
 
     serializer_class = CompressionSerializer
 
     def get_queryset(self):
+        filters = query_validate(CompressionFilterSerializer, self.request)
         queryset = super().get_queryset()
-        params = self.request.query_params
-        if params.get("engine"):
-            queryset = queryset.filter(engine=params["engine"])
-        if params.get("skipped") in {"true", "false"}:
-            queryset = queryset.filter(skipped=params["skipped"] == "true")
-        if params.get("prompt"):
-            if not params["prompt"].isdigit():
-                raise ApiError("'prompt' must be an integer id.", field="prompt")
-            queryset = queryset.filter(prompt_id=int(params["prompt"]))
+        if "engine" in filters:
+            queryset = queryset.filter(engine=filters["engine"])
+        if "skipped" in filters:
+            queryset = queryset.filter(skipped=filters["skipped"])
+        if "prompt" in filters:
+            queryset = queryset.filter(prompt_id=filters["prompt"])
         return queryset
 
 
+@extend_schema(parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)])
 class CompressionDetail(CompressionQuerysetMixin, generics.RetrieveAPIView):
     """GET /api/compressions/<id>."""
 

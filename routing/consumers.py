@@ -21,10 +21,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.ratelimit import rate_limit_hit
-from accounts.selectors import api_key_authenticate
-from accounts.websocket import scope_is_authenticated
+from accounts.websocket import SocketPrincipalMixin
 from routing.models import Prompt
+from routing.serializers import GenerateRequestSerializer
 from routing.services.generation import PreparedGeneration, generation_acreate
+from tokenflow_site.api import validate
 from tokenflow_site.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -51,24 +52,26 @@ def ws_handler(message_type: str, *, background: bool = False) -> Callable[[Hand
     return register
 
 
-class GenerateConsumer(AsyncJsonWebsocketConsumer):
-    """One socket, one running job at a time (`self.task`), many jobs one after another."""
+class GenerateConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
+    """One socket, one running job at a time (`self.task`), many jobs one after another.
+    Auth and authorization come from `SocketPrincipalMixin` (the one permission layer)."""
 
     # No channel layer: nothing is sent to this socket from outside, and a layer would cost a
     # Redis subscription per socket. A feature that needs groups sets "default" here.
     channel_layer_alias = None
 
     async def connect(self) -> None:
-        self.api_key = self.scope.get("api_key")
-        self.authenticated = await scope_is_authenticated(self.scope)
         self.task: asyncio.Task | None = None
         self.job_id: Any = None
-        await self.accept()
-        if self.scope.get("api_key_invalid"):
-            await self.send_error("Invalid or revoked API key.", code="unauthorized", status=401)
-            await self.close(code=4401)
+        if await self.principal_connect():
+            await self.accept()
+
+    @property
+    def api_key(self):
+        return self.principal.api_key if self.principal is not None else None
 
     async def disconnect(self, code: int) -> None:
+        self.principal_disconnect()
         await self.stop_task()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
@@ -90,7 +93,7 @@ class GenerateConsumer(AsyncJsonWebsocketConsumer):
                 field="type",
             )
             return
-        if not self.authenticated and kind not in PUBLIC_TYPES:
+        if self.principal is None and kind not in PUBLIC_TYPES:
             await self.send_error(
                 'Authenticate first: {"type": "auth", "api_key": "..."}.',
                 code="unauthorized",
@@ -101,7 +104,7 @@ class GenerateConsumer(AsyncJsonWebsocketConsumer):
             if self.busy():
                 await self.send_busy(message.get("id"))
                 return
-            if await self.rate_limited(message.get("id")):
+            if not await self.principal_check() or await self.rate_limited(message.get("id")):
                 return
             await self.start_task(handler(self, message), job_id=message.get("id"))
             return
@@ -131,10 +134,6 @@ class GenerateConsumer(AsyncJsonWebsocketConsumer):
         )
         return True
 
-    async def send_error(self, message: str, *, code: str, status: int = 400, **extra: Any):
-        body = {"type": "error", "code": code, "message": message, "status": status, **extra}
-        await self.send_json({k: v for k, v in body.items() if v is not None})
-
     async def start_task(self, coroutine: Awaitable[None], *, job_id: Any = None) -> None:
         self.job_id = job_id
         self.task = asyncio.create_task(coroutine)
@@ -160,17 +159,11 @@ async def on_ping(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
 
 @ws_handler("auth")
 async def on_auth(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
-    raw = message.get("api_key")
-    key = (
-        await database_sync_to_async(api_key_authenticate)(raw=raw)
-        if isinstance(raw, str) and raw
-        else None
-    )
-    if key is None:
+    principal = await consumer.principal_set(message.get("api_key"))
+    if principal is None:
         await consumer.send_error("Invalid or revoked API key.", code="unauthorized", status=401)
         return
-    consumer.api_key, consumer.authenticated = key, True
-    await consumer.send_json({"type": "authenticated", "api_key": key.prefix})
+    await consumer.send_json({"type": "authenticated", "api_key": principal.api_key.prefix})
 
 
 EVENT_TYPES = {"metadata": "metadata", "text": "token", "info": "info", "end": "end"}
@@ -208,12 +201,12 @@ async def on_generate(consumer: GenerateConsumer, message: dict[str, Any]) -> No
     if consumer.busy():
         await consumer.send_busy(job_id)
         return
-    if await consumer.rate_limited(job_id):
+    if not await consumer.principal_check() or await consumer.rate_limited(job_id):
         return
     data = {k: v for k, v in message.items() if k not in ("type", "id")}
     try:
         prepared = await generation_acreate(
-            data=data,
+            request=validate(GenerateRequestSerializer, data),
             api_key=consumer.api_key,
             transport="ws",
             source=Prompt.Source.WEBSOCKET,

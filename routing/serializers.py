@@ -1,6 +1,292 @@
+"""Routing's request serializers (the one validation layer for classification and every
+generation transport) and its read-back shapes."""
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from compression.serializers import CompressOptionsSerializer
+from routing.classifiers.base import Category
 from routing.models import Classification, Generation, ModelRanking
+from routing.services.generation import GenerationParams, GenerationRequest
+from tokenflow_site.api import (
+    LargeTextField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    text_check,
+)
+from tokenflow_site.errors import ApiError
+
+VALID_ROLES = ("system", "user", "assistant", "tool")
+MAX_LABEL_CHARS = 100
+MAX_DESCRIPTION_CHARS = 1000
+MAX_STOP_SEQUENCES = 4
+MAX_MODEL_NAME_CHARS = 200
+
+
+# --- fields ------------------------------------------------------------------------------
+
+
+def _too_large(field_name: str, size: int, limit: int) -> ApiError:
+    return ApiError(
+        f"The input is {size} characters; the limit is {limit}.",
+        code="input_too_large",
+        status=413,
+        field=field_name,
+    )
+
+
+def _part_text(content: Any) -> Any:
+    """OpenAI content parts [{"type": "text", "text": ...}] -> one string; others as given."""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    return content
+
+
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "role": {"type": "string", "enum": list(VALID_ROLES)},
+        "content": {"type": "string"},
+        "name": {"type": "string"},
+    },
+    "required": ["role", "content"],
+}
+
+
+@extend_schema_field({"type": "array", "items": MESSAGE_SCHEMA, "minItems": 1})
+class MessagesField(serializers.Field):
+    """OpenAI chat messages -> [{"role", "content"}]; text content parts are joined.
+    Hand-written (not a nested serializer) because batch jobs validate 50,000 of these."""
+
+    default_error_messages = {
+        "invalid": "must be a non-empty list of messages.",
+        "message": "messages[{index}] must be an object with a role ({roles}) and a string "
+        "content (or a list of text parts).",
+        "too_many_messages": "has {count} messages; the limit is {limit}.",
+    }
+
+    def to_internal_value(self, data: Any) -> list[dict[str, str]]:
+        if not isinstance(data, list) or not data:
+            self.fail("invalid")
+        limit = settings.TOKENFLOW_MAX_MESSAGES
+        if len(data) > limit:
+            self.fail("too_many_messages", count=len(data), limit=limit)
+        messages = []
+        for index, message in enumerate(data):
+            content = _part_text(message.get("content")) if isinstance(message, dict) else None
+            if not isinstance(content, str) or message.get("role") not in VALID_ROLES:
+                raise serializers.ValidationError(
+                    self.error_messages["message"].format(
+                        index=index, roles=", ".join(VALID_ROLES)
+                    ),
+                    code="invalid",
+                )
+            messages.append({"role": message["role"], "content": text_check(content)})
+        return messages
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+        ]
+    }
+)
+class StopField(serializers.Field):
+    """`stop`: a string or up to 4 strings (OpenAI's rule)."""
+
+    default_error_messages = {"invalid": "must be a string or up to 4 strings."}
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        stop = [data] if isinstance(data, str) else data
+        if not (
+            isinstance(stop, list)
+            and len(stop) <= MAX_STOP_SEQUENCES
+            and all(isinstance(s, str) and 0 < len(s) <= 200 for s in stop)
+        ):
+            self.fail("invalid")
+        return [text_check(s) for s in stop]
+
+    def to_representation(self, value):
+        return value
+
+
+CATEGORY_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
+                "description": {"type": "string", "maxLength": MAX_DESCRIPTION_CHARS},
+            },
+            "required": ["name"],
+        },
+    ]
+}
+
+
+@extend_schema_field({"type": "array", "items": CATEGORY_SCHEMA, "minItems": 2})
+class CategoriesField(serializers.Field):
+    """`possible_categories`: labels or {name, description?} objects, 2 to
+    TOKENFLOW_MAX_CATEGORIES of them, no duplicates (case-insensitive)."""
+
+    default_error_messages = {
+        "invalid": "must be a list of labels or {{name, description?}} objects.",
+        "item": "[{index}] must be a non-empty string or an object {{name, description?}} "
+        "of strings (names up to {label} characters, descriptions up to {description}).",
+        "too_many_categories": "has {count} categories; the limit is {limit}.",
+        "too_few_categories": "needs at least 2 categories.",
+        "duplicate_category": "lists {label!r} more than once.",
+    }
+
+    def to_internal_value(self, data: Any) -> list[Category]:
+        if not isinstance(data, list):
+            self.fail("invalid")
+        limit = settings.TOKENFLOW_MAX_CATEGORIES
+        if len(data) > limit:
+            self.fail("too_many_categories", count=len(data), limit=limit)
+        if len(data) < 2:
+            self.fail("too_few_categories")
+        categories, seen = [], set()
+        for index, item in enumerate(data):
+            category = self._category(item)
+            if category is not None and not category.label:
+                raise serializers.ValidationError(f"[{index}] is an empty name.", code="blank")
+            if category is None:
+                message = self.error_messages["item"].format(
+                    index=index, label=MAX_LABEL_CHARS, description=MAX_DESCRIPTION_CHARS
+                )
+                raise serializers.ValidationError(message, code="invalid")
+            if category.label.casefold() in seen:
+                self.fail("duplicate_category", label=category.label)
+            seen.add(category.label.casefold())
+            categories.append(category)
+        return categories
+
+    @staticmethod
+    def _category(item: Any) -> Category | None:
+        if isinstance(item, dict):
+            label, description = item.get("name", item.get("category")), item.get("description")
+        else:
+            label, description = item, ""
+        description = description or ""
+        if not isinstance(label, str) or not isinstance(description, str):
+            return None
+        label = label.strip()
+        if len(label) > MAX_LABEL_CHARS or len(description) > MAX_DESCRIPTION_CHARS:
+            return None
+        text_check(label), text_check(description)
+        return Category(label, description.strip())
+
+    def to_representation(self, value):
+        return [{"name": c.label, "description": c.description} for c in value]
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+class ClassifyRequestSerializer(serializers.Serializer):
+    """The body of POST /api/classify."""
+
+    prompt = LargeTextField(max_chars=lambda: settings.TOKENFLOW_MAX_INPUT_CHARS)
+    possible_categories = CategoriesField(
+        required=False,
+        allow_null=True,
+        help_text='Labels, or {"name", "description"} objects; default: the routing table.',
+    )
+    multi_label = StrictBooleanField(required=False, default=False)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty.", code="blank")
+        return value
+
+
+class SamplingSerializer(serializers.Serializer):
+    """Sampling parameters with OpenAI's ranges."""
+
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    stop = StopField(required=False, allow_null=True)
+    seed = StrictIntegerField(
+        required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1
+    )
+
+    def validate_max_tokens(self, value: int | None) -> int | None:
+        limit = settings.TOKENFLOW_MAX_OUTPUT_TOKENS
+        if value is not None and value > limit:
+            raise serializers.ValidationError(
+                f"must be at most {limit} (TOKENFLOW_MAX_OUTPUT_TOKENS).", code="max_value"
+            )
+        return value
+
+    @staticmethod
+    def params(attrs: dict[str, Any]) -> GenerationParams:
+        return GenerationParams(
+            **{name: attrs.get(name) for name in ("temperature", "top_p", "max_tokens", "stop")},
+            seed=attrs.get("seed"),
+        )
+
+
+class GenerateRequestSerializer(SamplingSerializer):
+    """POST /api/generate and the WebSocket `generate` message: `prompt` or `messages`, a
+    model name or "auto", sampling parameters, optional `compress` and (for "auto")
+    `possible_categories`."""
+
+    prompt = StrictCharField(required=False, allow_null=True, trim_whitespace=False)
+    messages = MessagesField(required=False, allow_null=True)
+    model = StrictCharField(max_length=MAX_MODEL_NAME_CHARS, help_text='A model name or "auto".')
+    compress = CompressOptionsSerializer(required=False, allow_null=True)
+    possible_categories = CategoriesField(required=False, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
+        prompt, messages = attrs.get("prompt"), attrs.get("messages")
+        if prompt is not None and messages is not None:
+            raise serializers.ValidationError(
+                {"prompt": "send either 'prompt' or 'messages', not both."}, code="invalid"
+            )
+        if prompt is None and messages is None:
+            raise serializers.ValidationError(
+                {"prompt": "'prompt' or 'messages' is required."}, code="required"
+            )
+        if prompt is not None:
+            if not prompt.strip():
+                raise serializers.ValidationError({"prompt": "must not be empty."}, code="blank")
+            messages = [{"role": "user", "content": prompt}]
+        size, limit = sum(len(m["content"]) for m in messages), settings.TOKENFLOW_MAX_INPUT_CHARS
+        if size > limit:
+            raise _too_large("prompt" if prompt is not None else "messages", size, limit)
+        return GenerationRequest(
+            messages=messages,
+            model=attrs.get("model") or "auto",
+            params=self.params(attrs),
+            compress=attrs.get("compress"),
+            possible_categories=attrs.get("possible_categories"),
+        )
+
+
+class SelectRequestSerializer(GenerateRequestSerializer):
+    """POST /api/models/select: /api/generate with model "auto" (the field is ignored)."""
+
+    model = StrictCharField(required=False, default="auto", max_length=MAX_MODEL_NAME_CHARS)
+
+    def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
+        request = super().validate(attrs)
+        return GenerationRequest(**{**request.__dict__, "model": "auto"})
 
 
 class ModelRankingSerializer(serializers.ModelSerializer):
@@ -47,18 +333,6 @@ class ClassificationSerializer(serializers.ModelSerializer):
         ]
 
 
-class ClassifyRequestSerializer(serializers.Serializer):
-    """The body of POST /api/classify (documentation; the service validates)."""
-
-    prompt = serializers.CharField()
-    possible_categories = serializers.ListField(
-        child=serializers.JSONField(),
-        required=False,
-        help_text='Labels, or {"name", "description"} objects; default: the routing table.',
-    )
-    multi_label = serializers.BooleanField(required=False, default=False)
-
-
 class GenerationSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name")
     prompt_text = serializers.CharField(source="prompt.text", default=None)
@@ -91,3 +365,37 @@ class GenerationSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = StrictBooleanField(required=False, default=False)
+
+
+class ChatCompletionRequestSerializer(SamplingSerializer):
+    """POST /v1/chat/completions (OpenAI's body; TokenFlow adds `compress`)."""
+
+    messages = MessagesField()
+    model = StrictCharField(max_length=MAX_MODEL_NAME_CHARS, help_text='A model name or "auto".')
+    max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    stream = StrictBooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    user = StrictCharField(required=False, allow_null=True, max_length=256)
+    compress = CompressOptionsSerializer(required=False, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
+        if attrs.get("max_tokens") is None and attrs.get("max_completion_tokens") is not None:
+            attrs["max_tokens"] = self.validate_max_tokens(attrs["max_completion_tokens"])
+        size = sum(len(m["content"]) for m in attrs["messages"])
+        if size > settings.TOKENFLOW_MAX_INPUT_CHARS:
+            raise _too_large("messages", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
+        return GenerationRequest(
+            messages=attrs["messages"],
+            model=attrs["model"],
+            params=self.params(attrs),
+            compress=attrs.get("compress"),
+            extra={
+                "stream": attrs.get("stream", False),
+                "include_usage": bool((attrs.get("stream_options") or {}).get("include_usage")),
+            },
+        )

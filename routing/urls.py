@@ -1,10 +1,9 @@
 from django.urls import path
 
 from routing.views.classify import ClassificationDetail, ClassificationList, ClassifyView
-from routing.views.generate import generate
+from routing.views.generate import generate, models_select
 from routing.views.generations import GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
-from routing.views.select import models_select
 
 urlpatterns = [
     path("model-rankings", ModelRankingList.as_view(), name="model-rankings"),

@@ -70,31 +70,35 @@ def text_check(value: str) -> str:
     return value
 
 
+def _type_error(kind: str) -> None:
+    raise serializers.ValidationError(f"must be {kind}.", code="invalid_type")
+
+
 class StrictCharField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
-            self.fail("invalid")
+            _type_error("a string")
         return text_check(super().to_internal_value(data))
 
 
 class StrictIntegerField(serializers.IntegerField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
+            _type_error("an integer")
         return super().to_internal_value(data)
 
 
 class StrictFloatField(serializers.FloatField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
-            self.fail("invalid")
+            _type_error("a number")
         return super().to_internal_value(data)
 
 
 class StrictBooleanField(serializers.BooleanField):
     def to_internal_value(self, data):
         if not isinstance(data, bool):
-            self.fail("invalid")
+            _type_error("true or false")
         return data
 
 

@@ -14,7 +14,6 @@ from tokenflow_site.middleware import AsyncMiddlewareASGIHandler, SharedSyncThre
 django_asgi_app = AsyncMiddlewareASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from accounts.websocket import WebSocketAuthMiddleware  # noqa: E402
 from tokenflow_site.websocket_urls import websocket_urlpatterns  # noqa: E402
@@ -22,8 +21,8 @@ from tokenflow_site.websocket_urls import websocket_urlpatterns  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": SharedSyncThreads(django_asgi_app, threads=settings.TOKENFLOW_HTTP_SYNC_THREADS),
-        "websocket": AllowedHostsOriginValidator(
-            WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
-        ),
+        # API-key sockets need no Origin; cookie-session sockets must pass the Origin check
+        # (accounts.websocket).
+        "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -77,3 +77,9 @@ def api_endpoint(
         return wrapper
 
     return decorate
+
+
+def query_validate(serializer_class: type[serializers.Serializer], request) -> dict:
+    """Validated query parameters (DRF Request or HttpRequest)."""
+    params = getattr(request, "query_params", None) or request.GET
+    return validate(serializer_class, params)

@@ -110,7 +110,8 @@ _VALIDATION_CODES = {
     "null": "required",
     "blank": "empty",
     "empty": "empty",
-    "invalid": "invalid_type",
+    "invalid": "invalid",
+    "invalid_type": "invalid_type",
     "not_a_list": "invalid_type",
     "not_a_dict": "invalid_type",
     "max_value": "out_of_range",
@@ -128,6 +129,8 @@ def _first_error(detail: Any, path: str = "") -> tuple[str, Any]:
     """(dotted field path, first ErrorDetail) of a nested DRF error structure."""
     if isinstance(detail, dict):
         for key, value in detail.items():
+            if isinstance(key, int):  # ListField / DictField children: positional
+                return _first_error(value, f"{path}[{key}]")
             name = "" if key == "non_field_errors" else str(key)
             return _first_error(value, f"{path}.{name}" if path and name else path or name)
         return path, "Invalid input."
@@ -146,7 +149,7 @@ def validation_error_to_api_error(exc: drf_exceptions.ValidationError) -> ApiErr
     field, detail = _first_error(exc.detail)
     raw_code = getattr(detail, "code", None) or "invalid"
     code = _VALIDATION_CODES.get(raw_code, raw_code if raw_code.islower() else "invalid")
-    top = field.split(".")[0].split("[")[0] if field else None
+    top = field.split("[")[0] if field else None  # "compress.ratio", "messages"
     message = f"{field}: {detail}" if field else str(detail)
     return ApiError(message, code=code, field=top or None)
 

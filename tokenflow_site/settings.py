@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "accounts",
     "routing",
@@ -204,6 +205,16 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "LLM gateway: compression, classification, routing, streaming, batches.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the installed drf-spectacular-sidecar: no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tokenflow_site.schema.add_error_responses",
+    ],
+    "SECURITY": [{"ApiKeyAuth": []}],
 }
 
 
@@ -383,3 +394,4 @@ if env_bool("TOKENFLOW_BATCH_WORKER", True):
 TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
+TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))

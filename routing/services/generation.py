@@ -22,15 +22,15 @@ from django.utils import timezone
 from accounts.models import ApiKey
 from accounts.ratelimit import rate_limit_add_tokens
 from routing import metrics
+from routing.classifiers.base import Category
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError
 from routing.providers.registry import provider_for
+from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
+from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
-from tokenflow_site.errors import ApiError
 
 logger = logging.getLogger(__name__)
-
-VALID_ROLES = {"system", "user", "assistant", "tool"}
 
 
 @dataclass(frozen=True)
@@ -45,165 +45,24 @@ class GenerationParams:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated generation request (routing.serializers), whatever its transport."""
+
+    messages: list[dict[str, str]]
+    model: str  # a model name or "auto"
+    params: GenerationParams
+    compress: dict[str, Any] | None = None  # compression options, validated
+    possible_categories: list[Category] | None = None  # for "auto"
+    extra: dict[str, Any] = field(default_factory=dict)  # transport options (stream, ...)
+
+
 @dataclass
 class StreamEvent:
     """type: metadata | text | info | error | end."""
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
-
-
-# --- parsing -----------------------------------------------------------------------------
-
-
-def _number(data: dict, name: str, low: float, high: float, *, integer: bool = False):
-    value = data.get(name)
-    if value is None:
-        return None
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        expected = "an integer" if integer else "a number"
-        raise ApiError(f"'{name}' must be {expected}.", code="invalid_type", field=name)
-    if not low <= value <= high:
-        raise ApiError(
-            f"'{name}' must be between {low} and {high}.", code="out_of_range", field=name
-        )
-    return value
-
-
-def params_parse(data: dict[str, Any]) -> GenerationParams:
-    """Sampling parameters with OpenAI's ranges."""
-    stop = data.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not (
-        isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4
-    ):
-        raise ApiError("'stop' must be a string or up to 4 strings.", field="stop")
-    return GenerationParams(
-        temperature=_number(data, "temperature", 0, 2),
-        top_p=_number(data, "top_p", 0, 1),
-        max_tokens=_number(
-            data, "max_tokens", 1, settings.TOKENFLOW_MAX_OUTPUT_TOKENS, integer=True
-        ),
-        stop=stop,
-        seed=_number(data, "seed", -(2**63), 2**63 - 1, integer=True),
-    )
-
-
-def messages_parse(data: dict[str, Any]) -> list[dict[str, str]]:
-    """`prompt` (a string) or `messages` (OpenAI chat format), exactly one of them."""
-    has_prompt, has_messages = data.get("prompt") is not None, data.get("messages") is not None
-    if has_prompt and has_messages:
-        raise ApiError("Send either 'prompt' or 'messages', not both.", field="prompt")
-    if not has_prompt and not has_messages:
-        raise ApiError("'prompt' or 'messages' is required.", code="required", field="prompt")
-    limit = settings.TOKENFLOW_MAX_INPUT_CHARS
-    if has_prompt:
-        prompt = data["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError("'prompt' must be a non-empty string.", field="prompt")
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        raw = data["messages"]
-        if not isinstance(raw, list) or not raw:
-            raise ApiError("'messages' must be a non-empty list.", field="messages")
-        messages = []
-        for index, message in enumerate(raw):
-            if (
-                not isinstance(message, dict)
-                or message.get("role") not in VALID_ROLES
-                or not isinstance(message.get("content"), str)
-            ):
-                raise ApiError(
-                    f"messages[{index}] must be an object with a role "
-                    f"({', '.join(sorted(VALID_ROLES))}) and a string content.",
-                    field="messages",
-                )
-            messages.append({"role": message["role"], "content": message["content"]})
-    size = sum(len(m["content"]) for m in messages)
-    if size > limit:
-        field_name = "prompt" if has_prompt else "messages"
-        raise ApiError(
-            f"The input is {size} characters; the limit is {limit}.",
-            code="input_too_large",
-            status=413,
-            field=field_name,
-        )
-    return messages
-
-
-def prompt_text(messages: list[dict[str, str]]) -> str:
-    """The text a Prompt row stores: the last user message (or all content)."""
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return users[-1] if users else "\n".join(m["content"] for m in messages)
-
-
-# --- models ------------------------------------------------------------------------------
-
-
-def model_resolve(name: Any) -> ModelRanking:
-    """An enabled ModelRanking by name, or 404 listing the available ones."""
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError("'model' is required.", code="required", field="model")
-    model = ModelRanking.objects.filter(name=name).first()
-    if model is None or not model.enabled:
-        available = list(ModelRanking.objects.enabled().values_list("name", flat=True))
-        state = "disabled" if model else "unknown"
-        raise ApiError(
-            f"Model {name!r} is {state}. Available: {', '.join(available) or 'none'}.",
-            code="model_not_found",
-            status=404,
-            field="model",
-            extra={"available_models": available},
-        )
-    return model
-
-
-@dataclass
-class ModelChoice:
-    """The model a request runs on, the fallbacks to try before the first token, and (for
-    routed requests) the classification that chose them."""
-
-    model: ModelRanking
-    fallbacks: list[ModelRanking] = field(default_factory=list)
-    classification: Classification | None = None
-    prompt: Prompt | None = None  # reuse the Prompt a classification already stored
-    metadata: dict[str, Any] = field(default_factory=dict)  # merged into the metadata event
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. x-tokenflow-route
-
-
-AUTO_MODEL = "auto"
-
-
-def model_choose(
-    *,
-    name: Any,
-    messages: list[dict[str, str]],
-    api_key: ApiKey | None,
-    source: str = Prompt.Source.API,
-) -> ModelChoice:
-    """The one place every transport (SSE, NDJSON, WS, /v1) resolves its model: a model
-    name, or "auto" (classify the last user message and follow its route, with the
-    lower-priority routes as fallbacks)."""
-    if name == AUTO_MODEL:
-        # selection imports this module: import it when "auto" is asked for.
-        from routing.services.selection import model_select_sync
-
-        return model_select_sync(messages=messages, api_key=api_key, source=source).choice()
-    model = model_resolve(name)
-    provider_check(model)
-    return ModelChoice(model=model)
-
-
-def provider_check(model: ModelRanking) -> None:
-    """503 naming the missing variable (or other reason) if the provider cannot serve."""
-    try:
-        provider_for(model).check_ready()
-    except ProviderError as exc:
-        raise ApiError(
-            exc.message, code=exc.code, status=exc.status, retry_after=exc.retry_after
-        ) from exc
 
 
 # --- persistence -------------------------------------------------------------------------
@@ -269,67 +128,73 @@ def _last_user_index(messages: list[dict[str, str]]) -> int:
     return users[-1] if users else len(messages) - 1
 
 
-def compress_options(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The optional `compress` object of a generation request, validated."""
-    if data.get("compress") is None:
-        return None
-    from compression.services import compress_options_parse
-
-    return compress_options_parse(data["compress"], prefix="compress.")
-
-
 @dataclass
 class PreparedGeneration:
     """A queued Generation with what its stream needs (fallbacks, extra metadata)."""
 
     generation: Generation
-    fallbacks: list[ModelRanking]
-    metadata: dict[str, Any]
-    headers: dict[str, str]
+    choice: ModelChoice
 
-    def events(self) -> AsyncIterator["StreamEvent"]:
-        return generation_run(self.generation, fallbacks=self.fallbacks, metadata=self.metadata)
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.choice.headers
+
+    async def events(self) -> AsyncIterator["StreamEvent"]:
+        """`generation_run` with the choice's fallbacks; after the metadata event, one
+        `info` {"fallback": ...} per route model skipped as not ready."""
+        choice = self.choice
+        events = generation_run(
+            self.generation, fallbacks=choice.fallbacks, metadata=choice.metadata
+        )
+        async with aclosing(events):
+            async for event in events:
+                yield event
+                if event.type == "metadata":
+                    for skip in choice.skipped:
+                        yield StreamEvent("info", {"fallback": {"from": skip["model"], **skip}})
 
 
 async def generation_acreate(
     *,
-    data: dict[str, Any],
+    request: GenerationRequest,
     api_key: ApiKey | None,
     transport: str,
     source: str = Prompt.Source.API,
 ) -> PreparedGeneration:
-    """Validate a request body (prompt/messages, model or "auto", sampling params, optional
-    `compress`), compress if asked, and persist a queued Generation.
-    Raises ApiError (400/404/413/503) before anything streams."""
-    messages = messages_parse(data)
-    params = params_parse(data)
-    options = compress_options(data)
-    if options is None:
+    """Choose the model (a name, or "auto": classify and route), compress if asked, and
+    persist a queued Generation. Raises ApiError (404/503) before anything streams.
+    The classifier's and compressor's forward passes run in worker threads, never on the
+    shared HTTP sync thread."""
+    messages = request.messages
+    if request.model == AUTO_MODEL:
+        selection = await model_select(
+            messages=messages,
+            categories=request.possible_categories,
+            api_key=api_key,
+            source=source,
+        )
+        choice = selection.choice()
+    elif request.compress is None:
         # The common case in one thread hop (choose, Prompt, Generation): under hundreds of
         # concurrent streams every hop is a thread switch that delays the others' chunks.
         return await sync_to_async(_generation_create)(
-            name=data.get("model"),
-            messages=messages,
-            params=params,
-            api_key=api_key,
-            transport=transport,
-            source=source,
+            request=request, api_key=api_key, transport=transport, source=source
         )
-    choice = await sync_to_async(model_choose)(
-        name=data.get("model"), messages=messages, api_key=api_key, source=source
-    )
-    prompt = choice.prompt or await Prompt.objects.acreate(
-        text=prompt_text(messages), messages=messages, source=source, api_key=api_key
-    )
+    else:
+        choice = await sync_to_async(model_named)(request.model)
+    prompt = choice.prompt
     compression = None
-    if options is not None:
+    if request.compress is not None:
+        prompt = prompt or await Prompt.objects.acreate(
+            text=prompt_text(messages), messages=messages, source=source, api_key=api_key
+        )
         messages, compression = await messages_compress(
-            messages=messages, options=options, api_key=api_key, prompt=prompt
+            messages=messages, options=request.compress, api_key=api_key, prompt=prompt
         )
     return await sync_to_async(_prepared)(
         choice,
         messages=messages,
-        params=params,
+        params=request.params,
         api_key=api_key,
         transport=transport,
         source=source,
@@ -339,24 +204,17 @@ async def generation_acreate(
 
 
 def _generation_create(
-    *,
-    name: Any,
-    messages: list[dict[str, str]],
-    params: GenerationParams,
-    api_key: ApiKey | None,
-    transport: str,
-    source: str,
+    *, request: GenerationRequest, api_key: ApiKey | None, transport: str, source: str
 ) -> PreparedGeneration:
-    """generation_acreate without compression, synchronously."""
-    choice = model_choose(name=name, messages=messages, api_key=api_key, source=source)
+    """generation_acreate for a named model without compression, synchronously."""
     return _prepared(
-        choice,
-        messages=messages,
-        params=params,
+        model_named(request.model),
+        messages=request.messages,
+        params=request.params,
         api_key=api_key,
         transport=transport,
         source=source,
-        prompt=choice.prompt,
+        prompt=None,
     )
 
 
@@ -384,7 +242,7 @@ def _prepared(
         compression=compression,
         check_provider=False,  # model_choose checked it
     )
-    return PreparedGeneration(generation, choice.fallbacks, choice.metadata, choice.headers)
+    return PreparedGeneration(generation, choice)
 
 
 def _finish(generation: Generation, status: str, **fields: Any) -> None:

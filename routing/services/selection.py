@@ -1,12 +1,10 @@
-"""Automatic model selection: classify the prompt, route the category, stream with fallbacks.
+"""Automatic model selection: classify the prompt, route the category, keep ready models.
 
-Used by POST /api/models/select (model_select -> selection_prepare -> selection_stream),
-by every generation transport for `model: "auto"` (generation.model_choose ->
-model_select_sync) and by batch items with model "auto" (model_for_messages).
+Every generation transport uses it for `model: "auto"` (`generation_acreate` ->
+`model_select`; POST /api/models/select is /api/generate with model "auto"), and batch
+items with model "auto" use `model_for_messages`. It knows nothing of generation.
 """
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -14,18 +12,12 @@ from urllib.parse import quote
 from asgiref.sync import sync_to_async
 
 from accounts.models import ApiKey
-from routing.models import Classification, Generation, ModelRanking, Prompt
+from routing.classifiers.base import Category
+from routing.models import Classification, ModelRanking, Prompt
 from routing.providers.base import ProviderError
 from routing.providers.registry import provider_for
 from routing.services.classification import classification_acreate, classification_create
-from routing.services.generation import (
-    GenerationParams,
-    ModelChoice,
-    StreamEvent,
-    generation_prepare,
-    generation_run,
-    prompt_text,
-)
+from routing.services.models import ModelChoice
 from routing.services.routes import RouteInfo, route_select
 from tokenflow_site.errors import ApiError
 
@@ -67,6 +59,7 @@ class Selection:
             prompt=self.classification.prompt,
             metadata=self.metadata(),
             headers={ROUTE_HEADER: self.header()},
+            skipped=self.skipped,
         )
 
     def header(self) -> str:
@@ -119,18 +112,25 @@ def _route(category: str) -> tuple[ModelRanking, list[ModelRanking], RouteInfo, 
     return ready[0], ready[1:], info, skipped
 
 
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """The text a Prompt row stores and the classifier reads: the last user message."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else "\n".join(m["content"] for m in messages)
+
+
 async def model_select(
     *,
     messages: list[dict[str, str]],
-    possible_categories: Any = None,
+    categories: list[Category] | None = None,
     api_key: ApiKey | None = None,
     source: str = Prompt.Source.API,
 ) -> Selection:
-    """Classify the last user message (persisted, with its Prompt) and route its top
-    category. Raises ApiError: 400 bad categories, 503 no model enabled / ready."""
+    """Classify the last user message (persisted, with its Prompt; the forward pass runs
+    in a worker thread) and route its top category. Raises ApiError: 503 no model
+    enabled / ready."""
     classification = await classification_acreate(
         prompt=prompt_text(messages),
-        possible_categories=possible_categories,
+        categories=categories,
         api_key=api_key,
         source=source,
         messages=messages,
@@ -141,14 +141,15 @@ async def model_select(
 def model_select_sync(
     *,
     messages: list[dict[str, str]],
-    possible_categories: Any = None,
+    categories: list[Category] | None = None,
     api_key: ApiKey | None = None,
     source: str = Prompt.Source.API,
 ) -> Selection:
-    """`model_select` for sync callers (the classifier runs in the calling thread)."""
+    """`model_select` for sync callers (batch workers; the classifier runs in the calling
+    thread)."""
     classification = classification_create(
         prompt=prompt_text(messages),
-        possible_categories=possible_categories,
+        categories=categories,
         api_key=api_key,
         source=source,
         messages=messages,
@@ -161,43 +162,3 @@ def model_for_messages(
 ) -> ModelRanking:
     """The routed model for `messages` (batch items with model "auto")."""
     return model_select_sync(messages=messages, source=source).model
-
-
-async def selection_prepare(
-    selection: Selection,
-    *,
-    params: GenerationParams,
-    transport: str,
-    messages: list[dict[str, str]] | None = None,
-    compression=None,
-) -> Generation:
-    """A queued Generation of the chosen model, linked to the Classification and its Prompt.
-    `messages` overrides the prompt's (e.g. after compression)."""
-    classification = selection.classification
-    return await sync_to_async(generation_prepare)(
-        model=selection.model,
-        messages=messages or classification.prompt.messages,
-        params=params,
-        api_key=classification.api_key,
-        transport=transport,
-        prompt=classification.prompt,
-        classification=classification,
-        compression=compression,
-        check_provider=False,  # _route already kept only ready models
-    )
-
-
-async def selection_stream(
-    selection: Selection, generation: Generation
-) -> AsyncIterator[StreamEvent]:
-    """`generation_run` with the route's fallbacks; the first (metadata) event carries the
-    selection, then one `info` {"fallback": ...} per route model skipped as not ready."""
-    events = generation_run(
-        generation, fallbacks=selection.fallbacks, metadata=selection.metadata()
-    )
-    async with aclosing(events):
-        async for event in events:
-            yield event
-            if event.type == "metadata":
-                for skip in selection.skipped:
-                    yield StreamEvent("info", {"fallback": {"from": skip["model"], **skip}})

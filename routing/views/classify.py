@@ -1,21 +1,16 @@
 """POST /api/classify and reading classifications back."""
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics
+from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import owned_by
 from routing.models import Classification
 from routing.serializers import ClassificationSerializer, ClassifyRequestSerializer
 from routing.services.classification import classification_create
-from tokenflow_site.errors import ApiError
-
-
-def _data(request: Request) -> dict:
-    if not isinstance(request.data, dict):
-        raise ApiError("The request body must be a JSON object.", code="invalid_json")
-    return request.data
+from tokenflow_site.endpoints import query_validate
 
 
 class ClassifyView(APIView):
@@ -23,34 +18,42 @@ class ClassifyView(APIView):
 
     @extend_schema(request=ClassifyRequestSerializer, responses={201: ClassificationSerializer})
     def post(self, request: Request) -> Response:
-        data = _data(request)
+        serializer = ClassifyRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
         classification = classification_create(
-            prompt=data.get("prompt"),
-            possible_categories=data.get("possible_categories"),
-            multi_label=data.get("multi_label", False),
-            api_key=request.api_key,
+            prompt=data["prompt"],
+            categories=data.get("possible_categories"),
+            multi_label=data["multi_label"],
+            api_key=request.auth.api_key,
         )
         return Response(ClassificationSerializer(classification).data, status=201)
+
+
+class ClassificationFilterSerializer(serializers.Serializer):
+    top_category = serializers.CharField(required=False, max_length=100)
 
 
 class _Owned:
     """A key sees its own classifications; a staff session sees all."""
 
     def get_queryset(self):
-        queryset = Classification.objects.select_related("prompt")
-        key = getattr(self.request, "api_key", None)
-        return queryset.filter(api_key=key) if key is not None else queryset
+        queryset = Classification.objects.select_related("prompt").order_by("-created_at", "-id")
+        return owned_by(queryset, self.request.auth)
 
 
+@extend_schema(parameters=[ClassificationFilterSerializer])
 class ClassificationList(_Owned, generics.ListAPIView):
     """Newest first; `?top_category=` filters."""
 
     serializer_class = ClassificationSerializer
 
     def get_queryset(self):
+        filters = query_validate(ClassificationFilterSerializer, self.request)
         queryset = super().get_queryset()
-        top = self.request.query_params.get("top_category")
-        return queryset.filter(top_category=top) if top else queryset
+        if filters.get("top_category"):
+            queryset = queryset.filter(top_category=filters["top_category"])
+        return queryset
 
 
 class ClassificationDetail(_Owned, generics.RetrieveAPIView):

@@ -1,24 +1,28 @@
 """GET /api/generations (filterable, paginated) and /api/generations/<id>."""
 
-from rest_framework import generics
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers
 
+from routing.models import Generation
 from routing.selectors import generation_list
 from routing.serializers import GenerationSerializer
+from tokenflow_site.endpoints import query_validate
+
+
+class GenerationFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Generation.Status.choices, required=False)
+    model = serializers.CharField(required=False, max_length=200)
+    provider = serializers.CharField(required=False, max_length=50)
+    transport = serializers.CharField(required=False, max_length=20)
 
 
 class _Scoped:
     def get_queryset(self):
-        params = self.request.query_params
-        return generation_list(
-            api_key=self.request.api_key,
-            user=getattr(self.request._request, "user", None),
-            status=params.get("status"),
-            model=params.get("model"),
-            provider=params.get("provider"),
-            transport=params.get("transport"),
-        )
+        filters = query_validate(GenerationFilterSerializer, self.request)
+        return generation_list(principal=self.request.auth, **filters)
 
 
+@extend_schema(parameters=[GenerationFilterSerializer])
 class GenerationList(_Scoped, generics.ListAPIView):
     """Generations, newest first; filters: status, model, provider, transport."""
 

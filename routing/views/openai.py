@@ -11,12 +11,15 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
 from routing.models import ModelRanking, Prompt
-from routing.services.generation import StreamEvent, generation_acreate
-from tokenflow_site.errors import ApiError, parse_json_body
+from routing.serializers import ChatCompletionRequestSerializer
+from routing.services.generation import GenerationRequest, StreamEvent, generation_acreate
+from tokenflow_site.endpoints import api_endpoint
+from tokenflow_site.errors import ApiError
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -26,6 +29,65 @@ ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+OPENAI_ERRORS = {
+    400: "Invalid request (`invalid_request_error`).",
+    401: "Missing or invalid API key.",
+    403: "Not allowed (a non-staff session, CSRF).",
+    404: "Unknown or disabled model.",
+    413: "Input larger than the limit.",
+    429: "Rate limited (`Retry-After`).",
+    502: "Upstream error.",
+    503: "No model can serve / provider not configured / queue full.",
+    504: "Upstream timeout.",
+}
+
+
+class OpenAIErrorSerializer(serializers.Serializer):
+    class _Body(serializers.Serializer):
+        message = serializers.CharField()
+        type = serializers.CharField()
+        param = serializers.CharField(allow_null=True)
+        code = serializers.CharField()
+
+    error = _Body()
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    """Documentation of the non-streaming response (OpenAI's chat.completion)."""
+
+    class _Choice(serializers.Serializer):
+        class _Message(serializers.Serializer):
+            role = serializers.CharField()
+            content = serializers.CharField()
+
+        index = serializers.IntegerField()
+        message = _Message()
+        finish_reason = serializers.CharField()
+
+    class _Usage(serializers.Serializer):
+        prompt_tokens = serializers.IntegerField()
+        completion_tokens = serializers.IntegerField()
+        total_tokens = serializers.IntegerField()
+
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = _Choice(many=True)
+    usage = _Usage()
+
+
+class ModelListSerializer(serializers.Serializer):
+    class _Model(serializers.Serializer):
+        id = serializers.CharField()
+        object = serializers.CharField()
+        created = serializers.IntegerField()
+        owned_by = serializers.CharField()
+
+    object = serializers.CharField()
+    data = _Model(many=True)
 
 
 def openai_error(
@@ -50,35 +112,6 @@ def openai_error(
     if retry_after is not None:
         response["Retry-After"] = str(max(1, int(round(retry_after + 0.499))))
     return response
-
-
-def _text_content(content: Any) -> Any:
-    """OpenAI content parts [{"type": "text", "text": ...}] -> one string; others as given."""
-    if isinstance(content, list) and all(
-        isinstance(part, dict) and part.get("type") == "text" for part in content
-    ):
-        return "".join(str(part.get("text", "")) for part in content)
-    return content
-
-
-def chat_request_parse(data: dict[str, Any]) -> dict[str, Any]:
-    """Map an OpenAI chat body onto the generation service's input."""
-    if data.get("n") not in (None, 1):
-        raise ApiError("Only n=1 is supported.", code="unsupported", field="n")
-    if "prompt" in data:
-        raise ApiError("Use 'messages' on /v1/chat/completions.", field="prompt")
-    if data.get("messages") is None:
-        raise ApiError("'messages' is required.", code="required", field="messages")
-    messages = data["messages"]
-    if isinstance(messages, list):
-        messages = [
-            {**m, "content": _text_content(m.get("content"))} if isinstance(m, dict) else m
-            for m in messages
-        ]
-    body = {**data, "messages": messages}
-    if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
-        body["max_tokens"] = body["max_completion_tokens"]
-    return body
 
 
 def _chunk(gen_id: str, model: str, created: int, delta: dict, finish=None, usage=None) -> dict:
@@ -170,30 +203,49 @@ async def _complete(events, *, model: str) -> JsonResponse:
     )
 
 
-@csrf_exempt
-@require_POST
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+def openai_error_response(exc: ApiError) -> JsonResponse:
+    return openai_error(
+        exc.message, code=exc.code, status=exc.status, param=exc.field, retry_after=exc.retry_after
+    )
+
+
+@api_endpoint(
+    ChatCompletionRequestSerializer,
+    render_error=openai_error_response,
+    responses={
+        200: OpenApiResponse(
+            ChatCompletionSerializer,
+            description="`stream: false`: a chat.completion object.",
+        ),
+        (200, "text/event-stream"): OpenApiResponse(
+            OpenApiTypes.STR,
+            description="`stream: true`: `data: <chat.completion.chunk>` lines, the last "
+            "chunk with `finish_reason`, an optional usage chunk "
+            "(`stream_options.include_usage`), then `data: [DONE]`. A failure after the "
+            'stream started is a `data: {"error": {...}}` line.',
+        ),
+        **{
+            status: OpenApiResponse(OpenAIErrorSerializer, description=description)
+            for status, description in OPENAI_ERRORS.items()
+        },
+    },
+    summary="OpenAI-compatible chat completions",
+)
+async def chat_completions(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
+    """OpenAI's chat completions; `model: "auto"` classifies and routes. Errors use OpenAI's
+    shape `{"error": {"message", "type", "param", "code"}}`."""
     try:
-        data = chat_request_parse(parse_json_body(request))
-        stream = bool(data.get("stream"))
         prepared = await generation_acreate(
-            data=data, api_key=request.api_key, transport="openai", source=Prompt.Source.OPENAI
+            request=data, api_key=request.api_key, transport="openai", source=Prompt.Source.OPENAI
         )
     except ApiError as exc:
-        return openai_error(
-            exc.message,
-            code=exc.code,
-            status=exc.status,
-            param=exc.field,
-            retry_after=exc.retry_after,
-        )
+        return openai_error_response(exc)
     events, model = prepared.events(), prepared.generation.model_name
-    if not stream:
+    if not data.extra["stream"]:
         response = await _complete(events, model=model)
     else:
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         response = StreamingHttpResponse(
-            _stream_body(events, model=model, include_usage=include_usage),
+            _stream_body(events, model=model, include_usage=data.extra["include_usage"]),
             content_type="text/event-stream",
         )
         response["Cache-Control"] = "no-cache"
@@ -218,6 +270,12 @@ def _models_payload() -> dict[str, Any]:
     }
 
 
-@require_GET
-async def models(request: HttpRequest) -> JsonResponse:
+@api_endpoint(
+    methods=("GET",),
+    render_error=openai_error_response,
+    responses={200: ModelListSerializer},
+    summary="OpenAI-compatible model list",
+)
+async def models(request: HttpRequest, data: None) -> JsonResponse:
+    """The enabled models, OpenAI's `list` of `model` objects."""
     return JsonResponse(await sync_to_async(_models_payload)())

@@ -2,8 +2,6 @@
 
 import pytest
 
-from compression.services import compress_options_parse
-
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20
 
 
@@ -67,9 +65,12 @@ def test_requires_an_api_key(client):
     assert response.status_code == 401
 
 
-def test_options_parser_prefixes_fields_for_other_endpoints():
-    with pytest.raises(Exception) as info:
-        compress_options_parse({"ratio": 2}, prefix="compress.")
-    assert info.value.field == "compress.ratio"
-    assert compress_options_parse({"ratio": 0.5})["ratio"] == 0.5
-    assert compress_options_parse({"target_tokens": 30})["target_tokens"] == 30
+@pytest.mark.django_db
+def test_compress_options_of_other_endpoints_name_the_nested_field(client, auth):
+    body = {"model": "mock/echo", "prompt": "hi", "compress": {"ratio": 2}}
+    response = client.post("/api/generate", body, content_type="application/json", **auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "compress.ratio"
+    body["compress"] = {"ratio": 0.5, "target_tokens": 30}
+    response = client.post("/api/generate", body, content_type="application/json", **auth)
+    assert response.json()["error"]["field"] == "compress.ratio"

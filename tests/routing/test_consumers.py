@@ -109,7 +109,11 @@ async def test_bad_generate_input_is_an_error_message(socket):
     error = await socket.receive_json_from(timeout=TIMEOUT)
     assert error["code"] == "model_not_found" and error["available_models"] == ["mock/ws"]
     await socket.send_json_to({"type": "generate", "model": "mock/ws", "temperature": 9})
-    assert (await socket.receive_json_from(timeout=TIMEOUT))["code"] == "required"
+    error = await socket.receive_json_from(timeout=TIMEOUT)
+    assert error["code"] == "out_of_range" and error["field"] == "temperature"
+    await socket.send_json_to({"type": "generate", "model": "mock/ws"})
+    error = await socket.receive_json_from(timeout=TIMEOUT)
+    assert error["code"] == "required" and error["field"] == "prompt"
 
 
 async def test_mid_stream_fault_is_an_error_event(socket):
