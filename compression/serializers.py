@@ -31,9 +31,7 @@ class CompressOptionsSerializer(serializers.Serializer):
         default=list,
     )
     engine = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
-    method = serializers.ChoiceField(
-        choices=METHODS, required=False, allow_null=True, default=None
-    )
+    method = serializers.ChoiceField(choices=METHODS, required=False, allow_null=True, default=None)
 
     def validate_ratio(self, value: float) -> float:
         if value <= 0:
