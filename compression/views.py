@@ -30,7 +30,8 @@ async def compress(request: HttpRequest, data: dict) -> JsonResponse:
 
 class CompressionFilterSerializer(serializers.Serializer):
     engine = serializers.CharField(required=False, max_length=200)
-    skipped = serializers.BooleanField(required=False)
+    # allow_null: DRF reads a missing boolean in a QueryDict as False otherwise.
+    skipped = serializers.BooleanField(required=False, allow_null=True, default=None)
     prompt = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
 
@@ -50,7 +51,7 @@ class CompressionList(CompressionQuerysetMixin, generics.ListAPIView):
         queryset = super().get_queryset()
         if "engine" in filters:
             queryset = queryset.filter(engine=filters["engine"])
-        if "skipped" in filters:
+        if filters.get("skipped") is not None:
             queryset = queryset.filter(skipped=filters["skipped"])
         if "prompt" in filters:
             queryset = queryset.filter(prompt_id=filters["prompt"])
