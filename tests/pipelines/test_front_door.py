@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import ApplicationCommunicator
 
 from accounts.models import ApiKey
-from pipelines.models import PipelineRun
+from pipelines.models import Agent, PipelineRun
 from tests.pipelines.factories import pipeline
 from tests.streams import parse_sse, read_body
 
@@ -267,3 +267,31 @@ def test_openapi_documents_both_process_operations(client):
     get = schema["paths"]["/api/process/{run_id}"]["get"]
     assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Run")
     assert "404" in get["responses"]
+
+
+async def test_agent_on_a_disabled_model_fails_alike_live_and_on_replay(async_client, auth, sse):
+    await make(name="offmodel", agents={"ok": {"response": "alpha"}, "off": {}})
+
+    def disable() -> str:
+        model = Agent.objects.get(name="off").model
+        model.enabled = False
+        model.save()
+        return model.name
+
+    model_name = await sync_to_async(disable)()
+    payload = {"message": "q", "message_id": "off1", "pipeline": "offmodel"}
+    _, live = await sse(async_client, auth, payload)
+    _, replay = await sse(async_client, auth, payload)
+    for events in (live, replay):
+        failed = [data for name, data in events if name == "agent_failed"]
+        assert failed == [
+            {
+                "agent": "off",
+                "model": model_name,
+                "generation_id": None,
+                "duration_ms": 0.0,
+                "code": "model_disabled",
+                "reason": f"Model {model_name} is disabled.",
+            }
+        ]
+        assert events[-1][0] == "end_stream" and events[-1][1]["missing"] == ["off"]
