@@ -9,6 +9,7 @@ from channels.testing import ApplicationCommunicator
 
 from accounts.models import ApiKey
 from pipelines.models import Agent, PipelineRun
+from tests.factories import mock_model
 from tests.pipelines.factories import pipeline
 from tests.streams import parse_sse, read_body
 
@@ -295,3 +296,19 @@ async def test_agent_on_a_disabled_model_fails_alike_live_and_on_replay(async_cl
             }
         ]
         assert events[-1][0] == "end_stream" and events[-1][1]["missing"] == ["off"]
+
+
+async def test_failed_aggregator_error_is_the_same_live_and_on_replay(async_client, auth, sse):
+    broken = await sync_to_async(mock_model)(fail_before_first=400)
+    await make(name="badagg", aggregator=broken, agents={"a": {"response": "alpha"}})
+    payload = {"message": "q", "message_id": "agg1", "pipeline": "badagg"}
+    _, live = await sse(async_client, auth, payload)
+    _, replay = await sse(async_client, auth, payload)
+    assert live[-1][0] == replay[-1][0] == "error"
+    error = live[-1][1]
+    assert error["message"].startswith("Aggregator: ") and error["generation_id"]
+    assert error["status"] == 400  # live only: the HTTP status of the upstream failure
+    stored = {k: v for k, v in error.items() if k not in ("status", "retry_after")}
+    assert replay[-1][1] == stored
+    run = await PipelineRun.objects.aget(pk=error["run_id"])
+    assert run.status == "failed" and run.error_code == error["code"]
