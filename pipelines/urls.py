@@ -1,8 +1,8 @@
 from django.urls import path
 
-from pipelines.views import process_view, run_view
+from pipelines.views import RunDetailView, process_view
 
 urlpatterns = [
     path("process", process_view, name="process"),
-    path("process/<int:run_id>", run_view, name="process-run"),
+    path("process/<int:run_id>", RunDetailView.as_view(), name="process-run"),
 ]

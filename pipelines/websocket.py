@@ -11,8 +11,10 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from pipelines.services import process_events, process_parse, process_start
+from pipelines.serializers import ProcessRequestSerializer
+from pipelines.services import ProcessRequest, process_events, process_start
 from routing.services.generation import StreamEvent
+from tokenflow_site.api import validate
 from tokenflow_site.errors import ApiError
 
 # Stream event type -> WebSocket message type (the ws/generate/ contract names).
@@ -24,15 +26,14 @@ def ws_message(event: StreamEvent) -> dict[str, Any]:
     return {**event.data, "type": WS_TYPES.get(event.type, event.type)}
 
 
-def _start(content: dict[str, Any], api_key):
-    request = process_parse(content)
-    return process_start(request=request, api_key=api_key, transport="ws")
-
-
 async def process_over_websocket(consumer, content: dict[str, Any]) -> None:
     """Run one fan-out request for a WebSocket client; errors become `error` messages."""
     try:
-        start = await database_sync_to_async(_start)(content, consumer.api_key)
+        # The same serializer as POST /api/process; "type" is not one of its fields.
+        request = ProcessRequest(**validate(ProcessRequestSerializer, content))
+        start = await database_sync_to_async(process_start)(
+            request=request, api_key=consumer.api_key, transport="ws"
+        )
     except ApiError as exc:
         error = exc.payload()["error"]
         if exc.retry_after is not None:

@@ -215,6 +215,12 @@ SPECTACULAR_SETTINGS = {
         "tokenflow_site.schema.add_error_responses",
     ],
     "SECURITY": [{"ApiKeyAuth": []}],
+    # Several models have a `status`: stable component names instead of hashed ones.
+    "ENUM_NAME_OVERRIDES": {
+        "GenerationStatusEnum": "routing.models.Generation.Status",
+        "PipelineRunStatusEnum": "pipelines.models.PipelineRun.Status",
+        "RunAgentStatusEnum": "pipelines.models.RunAgent.Status",
+    },
 }
 
 

@@ -100,7 +100,7 @@ async def test_websocket_process_bad_input_and_rate_limit(api_key, monkeypatch):
         "type": "error",
         "status": 400,
         "code": "required",
-        "message": "'message_id' is required.",
+        "message": "message_id: This field is required.",
         "field": "message_id",
     }
     key = api_key[0]
