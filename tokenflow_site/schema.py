@@ -1,9 +1,11 @@
-"""OpenAPI post-processing: the one error shape on every operation.
+"""OpenAPI: the schema class and post-processing (the one error shape on every operation).
 
 Every /api/ and /v1/ operation can answer 400 (bad input), 401 (no or bad key), 403 (a
 non-staff session, CSRF), 404, 413 (too large) and 429 (rate limit); listing them once
 here keeps the schema honest without repeating them on every view.
 """
+
+from drf_spectacular.openapi import AutoSchema
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -49,3 +51,13 @@ def add_error_responses(result, generator, request, public):
                     {"description": description, "content": {"application/json": {"schema": ref}}},
                 )
     return result
+
+
+class TokenFlowAutoSchema(AutoSchema):
+    """Request bodies are JSON: the parser accepts any Content-Type (curl -d), but the
+    schema documents application/json rather than */*."""
+
+    def map_parsers(self):
+        return list(
+            dict.fromkeys("application/json" if m == "*/*" else m for m in super().map_parsers())
+        )

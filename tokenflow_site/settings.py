@@ -194,7 +194,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # A JSON body is JSON whatever its Content-Type says (curl -d sends a form type).
     "DEFAULT_PARSER_CLASSES": ["tokenflow_site.api.AnyContentJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tokenflow_site.schema.TokenFlowAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "tokenflow_site.api.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "tokenflow_site.errors.drf_exception_handler",
