@@ -1,75 +1,96 @@
-"""Per-key rate limits: requests and tokens per minute, in fixed one-minute windows.
+"""Per-key rate limits: requests and tokens per minute, by GCRA (the generic cell rate
+algorithm, a sliding window with no boundary burst).
 
-Counters live in the Django cache, so several processes share them when the cache is
-Redis (`REDIS_URL`). On Redis a request costs one round trip (a pipeline: INCR the
-request counter, refresh its expiry, GET the token counter); other caches use the
-portable cache API. Tokens are added when a generation finishes
-(`rate_limit_add_tokens`) and checked before the next request. If the cache is down,
-requests pass (fail open) and the error is logged.
+Each key has a "theoretical arrival time" (TAT) per resource in the Django cache, so
+several processes share it when the cache is Redis (`REDIS_URL`). A request costs one
+emission interval (60 s / rpm); it is allowed while the TAT stays within one minute of
+now, so a key never gets more than its limit in any 60-second span (a fixed window lets
+2x through across a boundary). Tokens work the same way with a per-token interval:
+`tokens_reserve` takes a request's prompt tokens plus its `max_tokens` before it starts
+(429 when they do not fit) and `tokens_settle` gives back what it did not use.
+
+On Redis every operation is one atomic Lua script (one round trip); other caches use a
+process lock. If the cache is down, requests pass (fail open) and the error is logged.
 """
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
 
+from tokenflow_site.errors import ApiError
+
 logger = logging.getLogger(__name__)
 
-WINDOW = 60  # seconds
-TTL = 2 * WINDOW
+PERIOD = 60.0  # seconds: limits are per minute
+
+# KEYS[1] = TAT key; ARGV = now, interval (s per unit), cost (units), period, mode
+# mode "take": add cost if it fits (else refuse); "force": add cost regardless;
+# "peek": change nothing. Returns {allowed (0/1), tat - now after the call} as strings.
+_GCRA_LUA = """
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local period = tonumber(ARGV[4])
+local mode = ARGV[5]
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+if new_tat < now then new_tat = now end
+local allowed = 1
+if mode == 'peek' then
+  new_tat = tat
+  if tat - now >= period then allowed = 0 end
+elseif mode == 'take' and new_tat - now > period then
+  allowed = 0
+  new_tat = tat
+end
+if mode ~= 'peek' then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + period) * 1000))
+end
+return {tostring(allowed), tostring(new_tat - now)}
+"""
+
+_lock = threading.Lock()
 
 
 def _now() -> float:
-    """The clock (tests pin it so that a minute boundary cannot split a test)."""
+    """The clock (tests pin it)."""
     return time.time()
 
 
 @dataclass(frozen=True)
 class RateLimitDecision:
-    """The outcome of one check; `headers()` renders OpenAI-style X-RateLimit-* headers."""
+    """One check's outcome; `headers()` renders OpenAI-style X-RateLimit-* headers."""
 
     rpm: int
     tpm: int
-    requests: int
-    tokens: int
-    reset: float  # seconds until the window ends
-
-    @property
-    def requests_exceeded(self) -> bool:
-        return bool(self.rpm) and self.requests > self.rpm
-
-    @property
-    def tokens_exceeded(self) -> bool:
-        return bool(self.tpm) and self.tokens >= self.tpm
-
-    @property
-    def allowed(self) -> bool:
-        return not (self.requests_exceeded or self.tokens_exceeded)
+    requests_remaining: int | None
+    tokens_remaining: int | None
+    allowed: bool
+    retry_after_seconds: float = 0.0
+    reason: str = ""
 
     @property
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.reset))
+        return max(1, math.ceil(self.retry_after_seconds))
 
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
-        reset = f"{self.retry_after}s"
-        if self.rpm:
+        if self.rpm and self.requests_remaining is not None:
             headers["X-RateLimit-Limit-Requests"] = str(self.rpm)
-            headers["X-RateLimit-Remaining-Requests"] = str(max(0, self.rpm - self.requests))
-            headers["X-RateLimit-Reset-Requests"] = reset
-        if self.tpm:
+            headers["X-RateLimit-Remaining-Requests"] = str(self.requests_remaining)
+        if self.tpm and self.tokens_remaining is not None:
             headers["X-RateLimit-Limit-Tokens"] = str(self.tpm)
-            headers["X-RateLimit-Remaining-Tokens"] = str(max(0, self.tpm - self.tokens))
-            headers["X-RateLimit-Reset-Tokens"] = reset
+            headers["X-RateLimit-Remaining-Tokens"] = str(self.tokens_remaining)
         return headers
 
     def message(self) -> str:
-        if self.requests_exceeded:
-            return f"Rate limit exceeded: {self.rpm} requests per minute for this API key."
-        return f"Rate limit exceeded: {self.tpm} tokens per minute for this API key."
+        return self.reason
 
 
 def limits_for(api_key) -> tuple[int, int]:
@@ -82,13 +103,8 @@ def limits_for(api_key) -> tuple[int, int]:
     )
 
 
-def _window(now: float) -> tuple[int, float]:
-    window = int(now // WINDOW)
-    return window, (window + 1) * WINDOW - now
-
-
-def _keys(api_key_id: int, window: int) -> tuple[str, str]:
-    return f"ratelimit:{api_key_id}:{window}:req", f"ratelimit:{api_key_id}:{window}:tok"
+def _key(api_key_id: int, resource: str) -> str:
+    return f"ratelimit:{api_key_id}:{resource}"
 
 
 def _redis_client():
@@ -99,64 +115,143 @@ def _redis_client():
     return None
 
 
-def _count_request(req_key: str, tok_key: str) -> tuple[int, int]:
+def _gcra(key: str, *, now: float, interval: float, cost: float, mode: str) -> tuple[bool, float]:
+    """(allowed, TAT - now after the call) for one GCRA step on `key`."""
     client = _redis_client()
     if client is not None:
-        req, tok = cache.make_and_validate_key(req_key), cache.make_and_validate_key(tok_key)
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(req)
-        pipe.expire(req, TTL)
-        pipe.get(tok)
-        requests, _, tokens = pipe.execute()
-        return int(requests), int(tokens or 0)
-    cache.add(req_key, 0, TTL)
-    try:
-        requests = cache.incr(req_key)
-    except ValueError:  # expired between add and incr
-        cache.set(req_key, 1, TTL)
-        requests = 1
-    return requests, int(cache.get(tok_key) or 0)
+        allowed, ahead = client.eval(
+            _GCRA_LUA,
+            1,
+            cache.make_and_validate_key(key),
+            repr(now),
+            repr(interval),
+            repr(cost),
+            repr(PERIOD),
+            mode,
+        )
+        return allowed in (1, b"1", "1"), float(ahead)
+    with _lock:
+        tat = max(float(cache.get(key) or 0.0), now)
+        new_tat = max(tat + interval * cost, now)
+        if mode == "peek":
+            return tat - now < PERIOD, tat - now
+        if mode == "take" and new_tat - now > PERIOD:
+            return False, tat - now
+        cache.set(key, new_tat, timeout=math.ceil(new_tat - now + PERIOD))
+        return True, new_tat - now
+
+
+def _remaining(limit: int, ahead: float) -> int:
+    """Units still available now, given how far the TAT is ahead of now."""
+    return max(0, min(limit, math.floor((PERIOD - ahead) * limit / PERIOD)))
 
 
 def rate_limit_hit(*, api_key, now: float | None = None) -> RateLimitDecision | None:
-    """Count one request for `api_key` and decide; None when the key has no limits."""
+    """Count one request for `api_key` (and check its tokens are not used up); None when
+    the key has no limits or the cache is down."""
     rpm, tpm = limits_for(api_key)
     if not rpm and not tpm:
         return None
-    window, reset = _window(_now() if now is None else now)
+    now = _now() if now is None else now
     try:
-        requests, tokens = _count_request(*_keys(api_key.pk, window))
+        requests_left = tokens_left = None
+        if rpm:
+            allowed, ahead = _gcra(
+                _key(api_key.pk, "req"), now=now, interval=PERIOD / rpm, cost=1, mode="take"
+            )
+            requests_left = _remaining(rpm, ahead)
+            if not allowed:
+                return RateLimitDecision(
+                    rpm,
+                    tpm,
+                    0,
+                    None,
+                    allowed=False,
+                    retry_after_seconds=ahead + PERIOD / rpm - PERIOD,
+                    reason=f"Rate limit exceeded: {rpm} requests per minute for this API key.",
+                )
+        if tpm:
+            allowed, ahead = _gcra(
+                _key(api_key.pk, "tok"), now=now, interval=PERIOD / tpm, cost=0, mode="peek"
+            )
+            tokens_left = _remaining(tpm, ahead)
+            if not allowed:
+                return RateLimitDecision(
+                    rpm,
+                    tpm,
+                    requests_left,
+                    0,
+                    allowed=False,
+                    retry_after_seconds=ahead - PERIOD + PERIOD / tpm,
+                    reason=f"Rate limit exceeded: {tpm} tokens per minute for this API key.",
+                )
     except Exception:  # noqa: BLE001 - a broken cache must not take the API down
         logger.exception("Rate-limit cache unavailable; letting the request through")
         return None
-    return RateLimitDecision(rpm=rpm, tpm=tpm, requests=requests, tokens=tokens, reset=reset)
+    return RateLimitDecision(rpm, tpm, requests_left, tokens_left, allowed=True)
 
 
-def rate_limit_add_tokens(*, api_key_id: int | None, tokens: int) -> None:
-    """Account tokens a finished generation used (prompt + completion) to its key."""
-    if api_key_id is None or tokens <= 0:
-        return
-    window, _ = _window(_now())
-    _, tok_key = _keys(api_key_id, window)
+def tokens_reserve(*, api_key, tokens: int, now: float | None = None) -> int:
+    """Reserve `tokens` (prompt + max_tokens) of the key's per-minute budget before a
+    request starts; the number reserved (0: no token limit). 429 ApiError when they do
+    not fit, with the time until they would."""
+    if api_key is None or tokens <= 0:
+        return 0
+    _rpm, tpm = limits_for(api_key)
+    if not tpm:
+        return 0
+    if tokens > tpm:
+        raise ApiError(
+            f"This request may use {tokens} tokens (prompt + max_tokens); this API key's "
+            f"limit is {tpm} tokens per minute. Lower max_tokens or the prompt.",
+            code="rate_limited",
+            status=429,
+            retry_after=PERIOD,
+        )
+    now = _now() if now is None else now
+    interval = PERIOD / tpm
     try:
-        client = _redis_client()
-        if client is not None:
-            key = cache.make_and_validate_key(tok_key)
-            pipe = client.pipeline(transaction=False)
-            pipe.incrby(key, tokens)
-            pipe.expire(key, TTL)
-            pipe.execute()
-            return
-        if not cache.add(tok_key, tokens, TTL):
-            try:
-                cache.incr(tok_key, tokens)
-            except ValueError:
-                cache.set(tok_key, tokens, TTL)
+        allowed, ahead = _gcra(
+            _key(api_key.pk, "tok"), now=now, interval=interval, cost=tokens, mode="take"
+        )
     except Exception:  # noqa: BLE001
-        logger.exception("Rate-limit cache unavailable; tokens not accounted")
+        logger.exception("Rate-limit cache unavailable; tokens not reserved")
+        return 0
+    if not allowed:
+        raise ApiError(
+            f"Rate limit exceeded: {tpm} tokens per minute for this API key "
+            f"({tokens} needed, {_remaining(tpm, ahead)} available).",
+            code="rate_limited",
+            status=429,
+            retry_after=ahead + tokens * interval - PERIOD,
+        )
+    return tokens
 
 
-def rate_limit_reset(*, api_key_id: int, now: float | None = None) -> None:
-    """Forget the current window's counters of a key (admin/tests)."""
-    window, _ = _window(_now() if now is None else now)
-    cache.delete_many(list(_keys(api_key_id, window)))
+def tokens_settle(*, api_key, reserved: int, used: int) -> None:
+    """After a request: give back what it reserved but did not use, or charge the excess."""
+    if api_key is None or reserved == used:
+        return
+    _rpm, tpm = limits_for(api_key)
+    if not tpm:
+        return
+    try:
+        _gcra(
+            _key(api_key.pk, "tok"),
+            now=_now(),
+            interval=PERIOD / tpm,
+            cost=used - reserved,
+            mode="force",
+        )
+    except Exception:  # noqa: BLE001
+        logger.exception("Rate-limit cache unavailable; tokens not settled")
+
+
+def rate_limit_add_tokens(*, api_key, tokens: int) -> None:
+    """Account tokens used without a reservation (e.g. batch items)."""
+    tokens_settle(api_key=api_key, reserved=0, used=tokens)
+
+
+def rate_limit_reset(*, api_key_id: int) -> None:
+    """Forget a key's counters (admin/tests)."""
+    cache.delete_many([_key(api_key_id, "req"), _key(api_key_id, "tok")])

@@ -401,3 +401,4 @@ TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
+TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS", 256))

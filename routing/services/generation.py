@@ -20,7 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import ApiKey
-from accounts.ratelimit import rate_limit_add_tokens
+from accounts.ratelimit import limits_for, tokens_reserve, tokens_settle
 from routing import metrics
 from routing.classifiers.base import Category
 from routing.models import Classification, Generation, ModelRanking, Prompt
@@ -81,14 +81,17 @@ def generation_prepare(
     compression=None,
     check_provider: bool = True,
 ) -> Generation:
-    """Persist the Prompt (unless given) and a queued Generation."""
+    """Reserve the key's tokens, persist the Prompt (unless given) and a queued Generation.
+    Raises ApiError 429 when the request's prompt + max_tokens do not fit the key's
+    tokens-per-minute budget."""
     if check_provider:
         provider_check(model)
+    reserved = _tokens_reserve(api_key, messages, params)
     if prompt is None:
         prompt = Prompt.objects.create(
             text=prompt_text(messages), messages=messages, source=source, api_key=api_key
         )
-    return Generation.objects.create(
+    generation = Generation.objects.create(
         prompt=prompt,
         api_key=api_key,
         classification=classification,
@@ -101,6 +104,18 @@ def generation_prepare(
         parameters=params.as_dict(),
         input_messages=messages,
     )
+    generation.reserved_tokens = reserved  # settled by _finish (not a column)
+    return generation
+
+
+def _tokens_reserve(
+    api_key: ApiKey | None, messages: list[dict[str, str]], params: GenerationParams
+) -> int:
+    """Reserve prompt + max_tokens against the key's tpm (only keys with a token limit)."""
+    if api_key is None or not limits_for(api_key)[1]:
+        return 0
+    completion = params.max_tokens or settings.TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS
+    return tokens_reserve(api_key=api_key, tokens=count_message_tokens(messages) + completion)
 
 
 async def messages_compress(
@@ -251,10 +266,17 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(generation, name, value)
     generation.save()
-    rate_limit_add_tokens(
-        api_key_id=generation.api_key_id,
-        tokens=(generation.prompt_tokens or 0) + (generation.completion_tokens or 0),
-    )
+    if generation.api_key_id is not None and limits_for(generation.api_key)[1]:
+        reserved = getattr(generation, "reserved_tokens", 0)
+        prompt = generation.prompt_tokens
+        if prompt is None and reserved:  # failed / cancelled: what the prompt cost
+            prompt = count_message_tokens(generation.input_messages)
+        completion = generation.completion_tokens
+        if completion is None:
+            completion = count_tokens(generation.output_text) if generation.output_text else 0
+        tokens_settle(
+            api_key=generation.api_key, reserved=reserved, used=(prompt or 0) + completion
+        )
     metrics.GENERATIONS.labels(status=status, provider=generation.provider).inc()
     _jsonl_log(generation)
 

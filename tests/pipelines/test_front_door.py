@@ -252,7 +252,9 @@ async def test_ndjson_process_stream_ends_done_with_the_run_summary(async_client
 def test_openapi_documents_both_process_operations(client):
     schema = client.get("/api/schema/?format=json").json()
     post = schema["paths"]["/api/process"]["post"]
-    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ProcessRequestRequest")
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ProcessRequestRequest"
+    )
     ok = post["responses"]["200"]
     assert {"text/event-stream", "application/x-ndjson"} <= set(ok["content"])
     for event in ("metadata", "agent_done", "agent_failed", "text_chunk", "info", "error"):
