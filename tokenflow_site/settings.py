@@ -204,6 +204,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "LLM gateway: compression, classification, routing, streaming, batches.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several models have a `status`: stable component names instead of hashed ones.
+    "ENUM_NAME_OVERRIDES": {
+        "BatchJobStatusEnum": "batches.models.BatchJob.Status",
+    },
 }
 
 
