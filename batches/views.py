@@ -299,6 +299,7 @@ class BatchResults(JobView):
         response = StreamingHttpResponse(lines, content_type=JSONL)
         response["Content-Disposition"] = f'attachment; filename="batch_{job.pk}_output.jsonl"'
         response["X-Accel-Buffering"] = "no"
+        response["Cache-Control"] = "no-cache"
         return response
 
 
