@@ -5,21 +5,13 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from batches.models import BatchAttempt, BatchItem, BatchJob
-from tokenflow_site.errors import ApiError
 
 ItemStatus = BatchItem.Status
 RATE_WINDOW = 30  # seconds of recent completions used for throughput and ETA
-
-
-def batch_get(*, job_id: Any) -> BatchJob:
-    try:
-        return BatchJob.objects.get(pk=int(job_id))
-    except (BatchJob.DoesNotExist, ValueError, TypeError):
-        raise ApiError(f"Batch job {job_id} not found.", code="not_found", status=404) from None
 
 
 def batch_counts(*, job: BatchJob) -> dict[str, int]:
@@ -112,72 +104,10 @@ def batch_statistics(*, job: BatchJob) -> dict[str, Any]:
     }
 
 
-def job_serialize(job: BatchJob, *, statistics: bool = True) -> dict[str, Any]:
-    data = {
-        "id": job.pk,
-        "object": "batch",
-        "name": job.name,
-        "model": job.model,
-        "concurrency": job.concurrency,
-        "max_attempts": job.max_attempts,
-        "retry_policy": job.retry_policy,
-        "handler": job.handler,
-        "status": job.status,
-        "total_items": job.total_items,
-    }
-    if statistics:
-        data["statistics"] = batch_statistics(job=job)
-    return data
-
-
-def attempt_serialize(attempt: BatchAttempt) -> dict[str, Any]:
-    return {
-        "number": attempt.number,
-        "status": attempt.status,
-        "model": attempt.model_name,
-        "request": attempt.request,
-        "result": attempt.result,
-        "error_code": attempt.error_code or None,
-        "error_message": attempt.error_message or None,
-        "status_code": attempt.status_code,
-        "retryable": attempt.retryable,
-        "latency_ms": attempt.latency_ms,
-        "prompt_tokens": attempt.prompt_tokens,
-        "completion_tokens": attempt.completion_tokens,
-        "created_at": attempt.created_at.isoformat(),
-    }
-
-
-def item_serialize(item: BatchItem, *, attempts: bool = False) -> dict[str, Any]:
-    data = {
-        "id": item.pk,
-        "custom_id": item.custom_id,
-        "status": item.status,
-        "model": item.model_name or item.params.get("model"),
-        "params": item.params,
-        "result": item.result,
-        "error": item.error,
-        "attempts": item.attempts,
-        "prompt_tokens": item.prompt_tokens,
-        "completion_tokens": item.completion_tokens,
-        "latency_ms": item.latency_ms,
-        "finished_at": item.finished_at.isoformat() if item.finished_at else None,
-    }
-    if attempts:
-        data["trajectory"] = [attempt_serialize(a) for a in item.attempt_set.all()]
-    return data
-
-
-def batch_items(
-    *, job: BatchJob, status: str | None, limit: int, offset: int
-) -> tuple[int, list[BatchItem]]:
-    if status and status not in ItemStatus.values:
-        raise ApiError(f"'status' must be one of {', '.join(ItemStatus.values)}.", field="status")
-    items = job.items.all()
-    if status:
-        items = items.filter(status=status)
-    page = list(items.order_by("id").prefetch_related("attempt_set")[offset : offset + limit])
-    return items.count(), page
+def batch_item_list(*, job: BatchJob, status: str | None = None) -> QuerySet[BatchItem]:
+    """A job's items in id order (optionally of one status), attempts prefetched."""
+    items = job.items.order_by("id").prefetch_related("attempt_set")
+    return items.filter(status=status) if status else items
 
 
 def result_line(item: BatchItem) -> dict[str, Any]:

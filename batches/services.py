@@ -1,6 +1,5 @@
 """Batch job writes: create (JSON or JSONL), pause / resume / cancel, finalize."""
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -41,24 +40,6 @@ def model_auto(messages: list[dict[str, str]]) -> ModelRanking:
 class ParsedItem:
     custom_id: str
     params: dict[str, Any]
-
-
-def batch_jsonl_parse(data: bytes | str) -> list[tuple[int, Any]]:
-    """(line number, object) for every non-blank line; 400 naming the first malformed line."""
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line)))
-        except ValueError as exc:
-            raise ApiError(
-                f"line {number}: malformed JSON ({exc}).",
-                code="invalid_jsonl",
-                extra={"line": number},
-            ) from exc
-    return rows
 
 
 def _where_error(exc: ApiError, where: str, extra: dict[str, Any]) -> ApiError:

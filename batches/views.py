@@ -1,183 +1,325 @@
-"""HTTP transport for batch jobs: parse, call a service or selector, render JSON / JSONL."""
+"""HTTP transport for batch jobs: validate (batches.serializers), authorize (accounts.
+permissions: a key's own jobs, every job for staff), call a service or selector, render."""
 
 import json
 from typing import Any
 
-from django.conf import settings
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.http import QueryDict, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from accounts.permissions import owned_by, owned_get, request_principal
 from batches import selectors, services
-from batches.models import BatchJob
-from tokenflow_site.errors import ApiError, parse_json_body
+from batches.jsonl import JSONL, JSONL_PARSERS, JSONL_TYPES, IgnoreAcceptNegotiation, JsonLines
+from batches.models import BatchItem, BatchJob
+from batches.serializers import (
+    BatchCreateSerializer,
+    BatchErrorSerializer,
+    BatchItemSerializer,
+    BatchJobSerializer,
+    BatchJobSummarySerializer,
+    BatchUploadSerializer,
+    ItemsQuerySerializer,
+    JobFormOptionsSerializer,
+    PauseSerializer,
+    ResultsQuerySerializer,
+)
+from tokenflow_site.api import AnyContentJSONParser, BoundedLimitOffsetPagination
 
-JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines")
-OPTION_FIELDS = ("name", "model", "prompt_template", "concurrency", "max_attempts", "handler")
-JSON_OPTION_FIELDS = ("parameters", "retry_policy")
+# --- OpenAPI -----------------------------------------------------------------------------
 
-
-def _is_staff(request: HttpRequest) -> bool:
-    user = getattr(request, "user", None)
-    return bool(user is not None and user.is_authenticated and user.is_staff)
-
-
-def _check_csrf(request: HttpRequest) -> None:
-    """Bearer-key clients need no CSRF token; a browser session does."""
-    if request.api_key is None:
-        reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
-        if reason is not None:
-            raise ApiError("CSRF verification failed.", code="forbidden", status=403)
-
-
-def _job(request: HttpRequest, job_id: int) -> BatchJob:
-    """A job the caller may see: its own API key's jobs, or any job for staff."""
-    job = selectors.batch_get(job_id=job_id)
-    if not _is_staff(request) and (request.api_key is None or job.api_key_id != request.api_key.pk):
-        raise ApiError(f"Batch job {job_id} not found.", code="not_found", status=404)
-    return job
-
-
-def _json_option(value: Any, name: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise ApiError(f"'{name}' must be JSON.", field=name) from exc
-    return value
+ERRORS = {
+    400: "Invalid request; `field` names the culprit (and `line` or `index` an input item).",
+    401: "No API key, or an invalid or revoked one.",
+    403: "A session that is not staff, a failed CSRF check (staff session, unsafe method) "
+    "or an inactive key owner.",
+    404: "No such job, or another key's job (the same answer).",
+    409: "The job's status does not allow this transition (`status` says which it is).",
+    413: "Too many items (TOKENFLOW_BATCH_MAX_ITEMS) or a body beyond TOKENFLOW_MAX_UPLOAD_BYTES.",
+    429: "The API key's rate limit (see Retry-After and X-RateLimit-*).",
+}
 
 
-def _create_input(request: HttpRequest) -> tuple[dict[str, Any], list, str]:
-    """(options, [(line, item)], label) from a JSON body, a JSONL body or a multipart upload."""
-    content_type = request.content_type or ""
-    if content_type == "multipart/form-data":
-        upload = request.FILES.get("file")
-        if upload is None:
-            raise ApiError("Upload the JSONL as the 'file' field.", code="required", field="file")
-        options = {
-            k: request.POST[k] for k in (*OPTION_FIELDS, *JSON_OPTION_FIELDS) if k in request.POST
-        }
-        return options, services.batch_jsonl_parse(upload.read()), "line"
-    if content_type in JSONL_TYPES:
-        options = {
-            k: request.GET[k] for k in (*OPTION_FIELDS, *JSON_OPTION_FIELDS) if k in request.GET
-        }
-        return options, services.batch_jsonl_parse(request.body), "line"
-    data = parse_json_body(request)
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise ApiError("'items' must be a list (or upload JSONL).", code="required", field="items")
-    options = {k: data[k] for k in (*OPTION_FIELDS, *JSON_OPTION_FIELDS) if k in data}
-    return options, [(None, item) for item in items], "items"
-
-
-@csrf_exempt
-@require_http_methods(["GET", "POST"])
-def batch_collection(request: HttpRequest) -> JsonResponse:
-    """POST: create a job (JSON items or a JSONL upload). GET: the caller's recent jobs."""
-    if request.method == "GET":
-        jobs = (
-            BatchJob.objects.all()
-            if _is_staff(request)
-            else BatchJob.objects.filter(api_key=request.api_key)
+def errors(*statuses: int, **descriptions: str) -> dict[Any, OpenApiResponse]:
+    """The error responses of an operation, in the one error shape (401/403/429 always:
+    the front door answers them on every route). `descriptions`: `e404="..."` overrides."""
+    return {
+        status: OpenApiResponse(
+            BatchErrorSerializer, description=descriptions.get(f"e{status}", ERRORS[status])
         )
-        data = [selectors.job_serialize(job, statistics=False) for job in jobs[:100]]
-        return JsonResponse({"object": "list", "data": data})
-    _check_csrf(request)
-    options, items, label = _create_input(request)
-    for name in JSON_OPTION_FIELDS:
-        if name in options:
-            options[name] = _json_option(options[name], name)
-    handler = options.get("handler") or ""
-    if handler and handler not in settings.TOKENFLOW_BATCH_HANDLERS and not _is_staff(request):
-        raise ApiError(
-            f"Handler {handler!r} is not allowed (see TOKENFLOW_BATCH_HANDLERS).",
-            code="forbidden",
-            status=403,
-            field="handler",
+        for status in sorted({*statuses, 401, 403, 429})
+    }
+
+
+OPTIONS_IN_QUERY = (
+    "With a JSONL body the options travel in the query string: name, model, "
+    "prompt_template, handler, concurrency, max_attempts, and parameters / retry_policy "
+    "as JSON objects."
+)
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+class BatchPagination(BoundedLimitOffsetPagination):
+    """limit/offset pages as `{"object": "list", "total", "limit", "offset", "data"}`."""
+
+    def get_paginated_response(self, data) -> Response:
+        return Response(
+            {
+                "object": "list",
+                "total": self.count,
+                "limit": self.limit,
+                "offset": self.offset,
+                "data": data,
+            }
         )
-    job = services.batch_create(
-        items=items,
-        api_key=request.api_key,
-        line_label=label,
-        **{k: v for k, v in options.items() if v is not None},
-    )
-    return JsonResponse(selectors.job_serialize(job), status=201)
 
-
-@require_GET
-def batch_detail(request: HttpRequest, job_id: int) -> JsonResponse:
-    return JsonResponse(selectors.job_serialize(_job(request, job_id)))
-
-
-@csrf_exempt
-@require_POST
-def batch_pause(request: HttpRequest, job_id: int) -> JsonResponse:
-    """?mode=soft (default: finish in-flight items) or ?mode=hard (return them to pending)."""
-    _check_csrf(request)
-    mode = request.GET.get("mode")
-    if mode is None and request.body and request.content_type == "application/json":
-        mode = parse_json_body(request).get("mode")
-    job = services.batch_pause(job=_job(request, job_id), mode=mode or "soft")
-    return JsonResponse(selectors.job_serialize(job))
-
-
-@csrf_exempt
-@require_POST
-def batch_resume(request: HttpRequest, job_id: int) -> JsonResponse:
-    _check_csrf(request)
-    job = services.batch_resume(job=_job(request, job_id))
-    return JsonResponse(selectors.job_serialize(job))
-
-
-@csrf_exempt
-@require_POST
-def batch_cancel(request: HttpRequest, job_id: int) -> JsonResponse:
-    _check_csrf(request)
-    job = services.batch_cancel(job=_job(request, job_id))
-    return JsonResponse(selectors.job_serialize(job))
-
-
-@require_GET
-def batch_results(request: HttpRequest, job_id: int) -> StreamingHttpResponse:
-    """Finished items as JSONL in the OpenAI Batch output format (streamed)."""
-    job = _job(request, job_id)
-    status = request.GET.get("status")
-    if status and status not in ("completed", "failed", "cancelled"):
-        raise ApiError("'status' must be completed, failed or cancelled.", field="status")
-    response = StreamingHttpResponse(
-        selectors.batch_result_lines(job=job, status=status), content_type="application/jsonl"
-    )
-    response["Content-Disposition"] = f'attachment; filename="batch_{job.pk}_output.jsonl"'
-    response["X-Accel-Buffering"] = "no"
-    return response
-
-
-def _int_arg(request: HttpRequest, name: str, default: int, high: int) -> int:
-    raw = request.GET.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) > high:
-        raise ApiError(f"'{name}' must be an integer between 0 and {high}.", field=name)
-    return int(raw)
-
-
-@require_GET
-def batch_items(request: HttpRequest, job_id: int) -> JsonResponse:
-    """Items with their attempt trajectories, filtered by ?status=, paged by limit/offset."""
-    job = _job(request, job_id)
-    limit = _int_arg(request, "limit", 50, 500)
-    offset = _int_arg(request, "offset", 0, 10**9)
-    total, items = selectors.batch_items(
-        job=job, status=request.GET.get("status"), limit=limit, offset=offset
-    )
-    return JsonResponse(
-        {
-            "object": "list",
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "data": [selectors.item_serialize(item, attempts=True) for item in items],
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        return {
+            "type": "object",
+            "required": ["object", "total", "limit", "offset", "data"],
+            "properties": {
+                "object": {"type": "string", "description": 'Always "list".'},
+                "total": {"type": "integer"},
+                "limit": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "data": schema,
+            },
         }
+
+
+class JobView(APIView):
+    """A view of one job: `get_job` is the caller's job or the same 404 as a missing one."""
+
+    def get_job(self) -> BatchJob:
+        return owned_get(
+            BatchJob.objects.all(),
+            request_principal(self.request),
+            pk=self.kwargs["job_id"],
+            name="Batch job",
+        )
+
+
+def _create_input(request: Request) -> tuple[dict[str, Any], list, str]:
+    """(options, [(line or None, raw item)], label) from whichever body the parsers read:
+    JsonLines (options in the query string), a multipart form, or a JSON object."""
+    context = {"principal": request_principal(request)}
+    body = request.data
+    if isinstance(body, JsonLines):
+        serializer = JobFormOptionsSerializer(data=request.query_params, context=context)
+        serializer.is_valid(raise_exception=True)
+        return serializer.options, body, "line"
+    if isinstance(body, QueryDict):  # multipart/form-data
+        serializer = BatchUploadSerializer(data=body, context=context)
+        serializer.is_valid(raise_exception=True)
+        return serializer.options, serializer.validated_data["file"], "line"
+    serializer = BatchCreateSerializer(data=body, context=context)
+    serializer.is_valid(raise_exception=True)
+    items = serializer.validated_data["items"]
+    return serializer.options, [(None, item) for item in items], "items"
+
+
+class BatchCollection(generics.ListAPIView):
+    """GET: the caller's jobs, newest first. POST: create a job from JSON, JSONL or an upload."""
+
+    serializer_class = BatchJobSummarySerializer
+    pagination_class = BatchPagination
+    parser_classes = [*JSONL_PARSERS, MultiPartParser, AnyContentJSONParser]
+
+    def get_queryset(self):
+        jobs = BatchJob.objects.order_by("-created_at", "-id")
+        return owned_by(jobs, request_principal(self.request))
+
+    @extend_schema(
+        summary="List batch jobs",
+        description="A key's own jobs (a staff session sees all), without statistics.",
+        responses={200: BatchJobSummarySerializer(many=True), **errors(400)},
     )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Create a batch job",
+        description=(
+            "Items in the OpenAI Batch input format, as a JSON body (`items`, with or "
+            "without a JSON Content-Type), a JSONL body (Content-Type "
+            f"{', '.join(JSONL_TYPES)}) or a multipart upload (`file`). {OPTIONS_IN_QUERY} "
+            "Every item is validated before anything is stored."
+        ),
+        request={
+            "application/json": BatchCreateSerializer,
+            **{media_type: {"type": "string"} for media_type in JSONL_TYPES},
+            "multipart/form-data": BatchUploadSerializer,
+        },
+        parameters=[JobFormOptionsSerializer],
+        responses={
+            201: BatchJobSerializer,
+            **errors(
+                400,
+                404,
+                413,
+                e403=f"{ERRORS[403][:-1]}, or a `handler` outside TOKENFLOW_BATCH_HANDLERS.",
+                e404="An item or the job names a model that does not exist.",
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        options, items, label = _create_input(request)
+        job = services.batch_create(
+            items=items, api_key=request_principal(request).api_key, line_label=label, **options
+        )
+        return Response(BatchJobSerializer(job).data, status=201)
+
+
+class BatchDetail(JobView):
+    """A job with its live statistics: counts, throughput, ETA, tokens, latency, errors."""
+
+    @extend_schema(
+        summary="A batch job with its statistics",
+        responses={200: BatchJobSerializer, **errors(404)},
+    )
+    def get(self, request: Request, job_id: int) -> Response:
+        return Response(BatchJobSerializer(self.get_job()).data)
+
+
+class BatchPause(JobView):
+    """`mode` in the query string or the JSON body: soft (default) lets in-flight items
+    finish, hard returns them to pending at once (no attempt counted)."""
+
+    # A bodiless POST from a form or a test client arrives as an empty multipart body.
+    parser_classes = [MultiPartParser, AnyContentJSONParser]
+
+    @extend_schema(
+        summary="Pause a batch job",
+        request={"application/json": PauseSerializer},
+        parameters=[PauseSerializer],
+        responses={200: BatchJobSerializer, **errors(400, 404, 409)},
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        job = self.get_job()
+        source = request.query_params if "mode" in request.query_params else request.data
+        serializer = PauseSerializer(data=source)
+        serializer.is_valid(raise_exception=True)
+        job = services.batch_pause(job=job, mode=serializer.validated_data["mode"])
+        return Response(BatchJobSerializer(job).data)
+
+
+class BatchResume(JobView):
+    """A paused, pausing or failed job runs again."""
+
+    @extend_schema(
+        summary="Resume a paused (or failed) batch job",
+        request=None,
+        responses={200: BatchJobSerializer, **errors(404, 409)},
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        job = services.batch_resume(job=self.get_job())
+        return Response(BatchJobSerializer(job).data)
+
+
+class BatchCancel(JobView):
+    """The job and every item not finished yet are cancelled; finished results stay."""
+
+    @extend_schema(
+        summary="Cancel a batch job and its unfinished items",
+        request=None,
+        responses={200: BatchJobSerializer, **errors(404, 409)},
+    )
+    def post(self, request: Request, job_id: int) -> Response:
+        job = services.batch_cancel(job=self.get_job())
+        return Response(BatchJobSerializer(job).data)
+
+
+RESULT_LINE_EXAMPLE = {
+    "id": "batch_req_7",
+    "custom_id": "q-1",
+    "response": {
+        "status_code": 200,
+        "request_id": "req_7_1",
+        "body": {
+            "id": "chatcmpl-batch-7",
+            "object": "chat.completion",
+            "created": 1735689600,
+            "model": "mock/echo",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Echo: hi"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        },
+    },
+    "error": None,
+}
+
+
+class BatchResults(JobView):
+    """Finished items, one JSON object per line, in id order: completed and failed by
+    default, or only `?status=` ones (cancelled included)."""
+
+    # Always JSONL on success and JSON for errors, whatever the client's Accept says.
+    content_negotiation_class = IgnoreAcceptNegotiation
+
+    @extend_schema(
+        summary="Results as JSONL (OpenAI Batch output format, streamed)",
+        parameters=[ResultsQuerySerializer],
+        responses={
+            (200, JSONL): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="One JSON object per line: {id, custom_id, response: "
+                "{status_code, request_id, body: chat.completion} | null, "
+                "error: {code, message} | null}.",
+                examples=[
+                    OpenApiExample(
+                        "A completed item",
+                        value=json.dumps(RESULT_LINE_EXAMPLE) + "\n",
+                        media_type=JSONL,
+                    )
+                ],
+            ),
+            **{
+                (status, "application/json"): response
+                for status, response in errors(400, 404).items()
+            },
+        },
+    )
+    def get(self, request: Request, job_id: int) -> StreamingHttpResponse:
+        job = self.get_job()
+        query = ResultsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        lines = selectors.batch_result_lines(job=job, status=query.validated_data.get("status"))
+        response = StreamingHttpResponse(lines, content_type=JSONL)
+        response["Content-Disposition"] = f'attachment; filename="batch_{job.pk}_output.jsonl"'
+        response["X-Accel-Buffering"] = "no"
+        response["Cache-Control"] = "no-cache"
+        return response
+
+
+class BatchItemList(JobView, generics.ListAPIView):
+    """Items with their attempt trajectories, `?status=` filtered, limit/offset paged."""
+
+    queryset = BatchItem.objects.none()  # the schema's model; get_queryset scopes to the job
+    serializer_class = BatchItemSerializer
+    pagination_class = BatchPagination
+
+    def get_queryset(self):
+        job = self.get_job()
+        query = ItemsQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.batch_item_list(job=job, status=query.validated_data.get("status"))
+
+    @extend_schema(
+        summary="A batch job's items with their attempt trajectories",
+        parameters=[ItemsQuerySerializer],
+        responses={200: BatchItemSerializer(many=True), **errors(400, 404)},
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)

@@ -220,6 +220,7 @@ SPECTACULAR_SETTINGS = {
         "GenerationStatusEnum": "routing.models.Generation.Status",
         "PipelineRunStatusEnum": "pipelines.models.PipelineRun.Status",
         "RunAgentStatusEnum": "pipelines.models.RunAgent.Status",
+        "BatchJobStatusEnum": "batches.models.BatchJob.Status",
     },
 }
 

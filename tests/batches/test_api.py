@@ -80,8 +80,8 @@ def test_create_from_jsonl_body_and_upload(client, auth, model):
         ({"items": [{"custom_id": "a", "body": {"model": "mock/batch"}}]}, 400, "required"),
         ({"items": [{"body": {}}], "model": "mock/batch"}, 400, "invalid_custom_id"),
         ({"items": [item("a", temperature=9)], "model": "mock/batch"}, 400, "out_of_range"),
-        ({"items": [item("a")], "model": "mock/batch", "concurrency": 0}, 400, "invalid"),
-        ({"items": "nope"}, 400, "required"),
+        ({"items": [item("a")], "model": "mock/batch", "concurrency": 0}, 400, "out_of_range"),
+        ({"items": "nope"}, 400, "invalid_type"),
     ],
 )
 def test_bad_input(client, auth, model, payload, status, code):
