@@ -55,7 +55,7 @@ class CompressOptionsSerializer(serializers.Serializer):
         ratio, target = attrs.get("ratio"), attrs.get("target_tokens")
         if ratio is not None and target is not None:
             raise serializers.ValidationError(
-                {"ratio": "send either 'ratio' or 'target_tokens', not both."}, code="invalid"
+                {"ratio": "send either 'ratio' or 'target_tokens', not both."}, code="invalid_value"
             )
         if ratio is None and target is None:
             raise serializers.ValidationError(

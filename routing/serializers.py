@@ -87,7 +87,7 @@ class MessagesField(serializers.Field):
                     self.error_messages["message"].format(
                         index=index, roles=", ".join(VALID_ROLES)
                     ),
-                    code="invalid",
+                    code="invalid_value",
                 )
             messages.append({"role": message["role"], "content": text_check(content)})
         return messages
@@ -169,7 +169,7 @@ class CategoriesField(serializers.Field):
                 message = self.error_messages["item"].format(
                     index=index, label=MAX_LABEL_CHARS, description=MAX_DESCRIPTION_CHARS
                 )
-                raise serializers.ValidationError(message, code="invalid")
+                raise serializers.ValidationError(message, code="invalid_value")
             if category.label.casefold() in seen:
                 self.fail("duplicate_category", label=category.label)
             seen.add(category.label.casefold())
@@ -257,7 +257,7 @@ class GenerateRequestSerializer(SamplingSerializer):
         prompt, messages = attrs.get("prompt"), attrs.get("messages")
         if prompt is not None and messages is not None:
             raise serializers.ValidationError(
-                {"prompt": "send either 'prompt' or 'messages', not both."}, code="invalid"
+                {"prompt": "send either 'prompt' or 'messages', not both."}, code="invalid_value"
             )
         if prompt is None and messages is None:
             raise serializers.ValidationError(

@@ -60,12 +60,12 @@ class AnyContentJSONParser(BaseParser):
 def text_check(value: str) -> str:
     """Text that every database can store: no NUL, no lone surrogates."""
     if "\x00" in value:
-        raise serializers.ValidationError("must not contain NUL characters.", code="invalid")
+        raise serializers.ValidationError("must not contain NUL characters.", code="invalid_value")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise serializers.ValidationError(
-            "must be valid Unicode (a lone surrogate was sent).", code="invalid"
+            "must be valid Unicode (a lone surrogate was sent).", code="invalid_value"
         ) from None
     return value
 

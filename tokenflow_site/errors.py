@@ -110,7 +110,8 @@ _VALIDATION_CODES = {
     "null": "required",
     "blank": "empty",
     "empty": "empty",
-    "invalid": "invalid",
+    "invalid": "invalid_type",  # DRF's own fields: "A valid integer is required." etc.
+    "invalid_value": "invalid",  # our rules: the type is right, the value is not
     "invalid_type": "invalid_type",
     "not_a_list": "invalid_type",
     "not_a_dict": "invalid_type",

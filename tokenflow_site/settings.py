@@ -370,6 +370,10 @@ TOKENFLOW_PROCESS_STALE_GRACE = float(os.environ.get("TOKENFLOW_PROCESS_STALE_GR
 # Per-key defaults (ApiKey.requests_per_minute / tokens_per_minute override); 0 = unlimited.
 TOKENFLOW_RATE_LIMIT_RPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RPM", 0))
 TOKENFLOW_RATE_LIMIT_TPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_TPM", 0))
+# Completion tokens reserved against a key's tpm when a request sets no max_tokens.
+TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS = int(
+    os.environ.get("TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS", 256)
+)
 
 # ---------------------------------------------------------------------------
 # TokenFlow: batch jobs
@@ -401,5 +405,5 @@ if env_bool("TOKENFLOW_BATCH_WORKER", True):
 TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
+# Most messages one generation request may carry.
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
-TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS", 256))

@@ -173,7 +173,7 @@ async def test_client_disconnect_cancels_and_keeps_partial_text(key):
         ({"model": "M", "prompt": "x", "top_p": -0.1}, 400, "out_of_range"),
         ({"model": "M", "prompt": "x", "max_tokens": 0}, 400, "out_of_range"),
         ({"model": "M", "messages": [{"role": "bot", "content": "x"}]}, 400, "invalid"),
-        ({"model": "M", "messages": "hello"}, 400, "invalid"),
+        ({"model": "M", "messages": "hello"}, 400, "invalid_type"),
     ],
 )
 async def test_bad_input_is_json_before_the_stream(client, body, status, code):
