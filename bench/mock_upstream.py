@@ -86,7 +86,8 @@ class MockUpstream:
         status = int(query.get("status", 200))
         if status != 200 and self.calls[model] <= int(query.get("fail_times", 10**9)):
             extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
-            self._json(writer, status, {"error": {"message": f"mock {status}"}}, extra)
+            message = query.get("message", f"mock {status}")
+            self._json(writer, status, {"error": {"message": message}}, extra)
             await writer.drain()
             return
         if not request.get("stream"):

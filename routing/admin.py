@@ -98,7 +98,18 @@ class GenerationAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ["status", "model_name", "provider", "upstream_model", "transport"]}),
         ("Input", {"fields": ["prompt", "input_messages", "parameters"]}),
-        ("Output", {"fields": ["output_text", "finish_reason", "error_code", "error_message"]}),
+        (
+            "Output",
+            {
+                "fields": [
+                    "output_text",
+                    "finish_reason",
+                    "error_code",
+                    "error_message",
+                    "error_detail",
+                ]
+            },
+        ),
         (
             "Usage and timings",
             {

@@ -192,7 +192,11 @@ class Generation(models.Model):
     duration_ms = models.FloatField(null=True, blank=True)
     attempts = models.JSONField(default=list, blank=True, help_text="Retries and fallbacks.")
     error_code = models.CharField(max_length=64, blank=True)
-    error_message = models.TextField(blank=True)
+    error_message = models.TextField(blank=True, help_text="What the API client was told.")
+    error_detail = models.TextField(
+        blank=True,
+        help_text="Staff only: the provider's own error text, secrets redacted.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -30,9 +30,25 @@ class Chunk:
     info: dict[str, Any] | None = None
 
 
+# What API clients read for upstream and configuration failures: a stable code and a
+# generic message. The provider's own text (which may quote keys or name server
+# variables) is kept, redacted, for staff (`ProviderError.detail`, Generation.error_detail).
+PUBLIC_MESSAGES = {
+    "upstream_timeout": "The upstream provider timed out.",
+    "upstream_unreachable": "The upstream provider could not be reached.",
+    "rate_limited": "The upstream provider is rate limiting the gateway; retry later.",
+    "upstream_error": "The upstream provider failed.",
+    "upstream_auth_failed": "The upstream provider refused the gateway's credentials.",
+    "upstream_model_not_found": "The upstream provider does not serve this model.",
+    "upstream_bad_request": "The upstream provider refused the request as invalid.",
+    "provider_not_configured": "This model's provider is not configured on the gateway.",
+}
+
+
 class ProviderError(Exception):
     """An upstream failure. `retryable` ones (429, 5xx, timeouts) may be retried before
-    the first token; `status` is the HTTP status the gateway answers with."""
+    the first token; `status` is the HTTP status the gateway answers with. `message` is
+    the provider's own text (staff only, via `detail`); clients get `public_message`."""
 
     def __init__(
         self,
@@ -49,6 +65,21 @@ class ProviderError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+
+    @property
+    def public_message(self) -> str:
+        """Generic for upstream and configuration failures; our own texts (local queue
+        full, mock faults) pass through, redacted."""
+        from tokenflow_site.redact import redact
+
+        return PUBLIC_MESSAGES.get(self.code) or redact(self.message)
+
+    @property
+    def detail(self) -> str:
+        """The full text for staff, with anything shaped like a secret masked."""
+        from tokenflow_site.redact import redact
+
+        return redact(self.message)
 
 
 class BaseProvider:

@@ -29,6 +29,7 @@ from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
+from tokenflow_site.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +374,12 @@ async def _stream_model(
             return
         except ProviderError as exc:
             attempts.append(
-                {"model": model.name, "attempt": attempt, "code": exc.code, "error": exc.message}
+                {
+                    "model": model.name,
+                    "attempt": attempt,
+                    "code": exc.code,
+                    "error": exc.public_message,
+                }
             )
             if parts or not exc.retryable or attempt == max_attempts:
                 raise
@@ -467,7 +473,7 @@ async def _run(
                         "fallback": {
                             "from": model.name,
                             "to": generation.model_name,
-                            "reason": exc.message,
+                            "reason": exc.public_message,
                             "code": exc.code,
                         }
                     },
@@ -479,14 +485,15 @@ async def _run(
             Generation.Status.FAILED,
             output_text="".join(parts),
             error_code=exc.code,
-            error_message=exc.message,
+            error_message=exc.public_message,
+            error_detail=exc.detail,
             attempts=attempts,
             duration_ms=(time.monotonic() - started) * 1000,
         )
         yield StreamEvent(
             "error",
             {
-                "message": exc.message,
+                "message": exc.public_message,
                 "code": exc.code,
                 "status": exc.status,
                 "retry_after": exc.retry_after,
@@ -516,7 +523,8 @@ async def _run(
             Generation.Status.FAILED,
             output_text="".join(parts),
             error_code="internal_error",
-            error_message=f"{type(exc).__name__}: {exc}",
+            error_message="Internal error during generation.",
+            error_detail=redact(f"{type(exc).__name__}: {exc}"),
             attempts=attempts,
             duration_ms=(time.monotonic() - started) * 1000,
         )

@@ -1,5 +1,6 @@
 """Model resolution: the one place a request's model name becomes a ModelRanking."""
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -7,6 +8,8 @@ from routing.models import Classification, ModelRanking, Prompt
 from routing.providers.base import ProviderError
 from routing.providers.registry import provider_for
 from tokenflow_site.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
 
@@ -30,12 +33,17 @@ def model_resolve(name: Any) -> ModelRanking:
 
 
 def provider_check(model: ModelRanking) -> None:
-    """503 naming the missing variable (or other reason) if the provider cannot serve."""
+    """503 (a generic message and a stable code; the reason is logged for staff) if the
+    model's provider cannot serve."""
     try:
         provider_for(model).check_ready()
     except ProviderError as exc:
+        logger.warning("Model %s cannot serve: %s", model.name, exc.detail)
         raise ApiError(
-            exc.message, code=exc.code, status=exc.status, retry_after=exc.retry_after
+            f"Model {model.name!r} cannot serve: {exc.public_message}",
+            code=exc.code,
+            status=exc.status,
+            retry_after=exc.retry_after,
         ) from exc
 
 

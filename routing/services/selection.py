@@ -79,7 +79,7 @@ def _ready(model: ModelRanking) -> dict[str, Any] | None:
     try:
         provider_for(model).check_ready()
     except ProviderError as exc:
-        return {"model": model.name, "code": exc.code, "reason": exc.message}
+        return {"model": model.name, "code": exc.code, "reason": exc.public_message}
     except ImportError as exc:
         return {"model": model.name, "code": "provider_unavailable", "reason": str(exc)}
     return None

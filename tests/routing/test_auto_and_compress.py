@@ -67,7 +67,7 @@ async def test_generate_auto_falls_back_through_the_route(client, routes, keywor
     assert fallback == {
         "from": "mock/maths-broken",
         "to": "mock/maths",
-        "reason": "mock upstream answered 500",
+        "reason": "The upstream provider failed.",
         "code": "upstream_error",
     }
     end = events[-1][1]

@@ -159,3 +159,19 @@ def test_request_arguments_skip_unset_values():
     arguments = OpenAICompatProvider._arguments(request)
     assert arguments == {"model": "m", "messages": request.messages, "temperature": 0}
     assert "OPENAI_API_KEY" not in os.environ
+
+
+async def test_upstream_401_never_shows_the_provider_key_to_clients(upstream):
+    """OpenAI's 401 quotes part of the key; clients get a stable code and a generic text,
+    staff get the upstream text with the key masked."""
+    from urllib.parse import quote
+
+    leak = "Incorrect API key provided: sk-proj-Xy12********************abcd."
+    model = await sync_to_async(custom_model)(
+        upstream.base_url, f"bench?chunks=2&gap=0&status=401&message={quote(leak)}"
+    )
+    row = await run(model)
+    assert row.status == "failed" and row.error_code == "upstream_auth_failed"
+    assert row.error_message == "The upstream provider refused the gateway's credentials."
+    assert "sk-" not in row.error_detail and "Incorrect API key provided" in row.error_detail
+    assert row.attempts and all("sk-" not in attempt["error"] for attempt in row.attempts)
