@@ -59,6 +59,8 @@ class Gateway:
             "TOKENFLOW_VAR_DIR": self.dir,
             "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
             "LOG_LEVEL": "WARNING",
+            # The benches' mock upstreams listen on loopback.
+            "TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS": "1",
             **env,
         }
         self.env.pop("REDIS_URL", None)

@@ -2,6 +2,7 @@
 
 import hashlib
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -87,6 +88,18 @@ class ModelRanking(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Staff input that would leak a server secret or reach internal hosts is refused."""
+        from routing.providers.safety import api_key_env_problem, base_url_problem
+
+        errors = {}
+        if problem := api_key_env_problem(self.api_key_env):
+            errors["api_key_env"] = problem
+        if problem := base_url_problem(self.base_url):
+            errors["base_url"] = problem
+        if errors:
+            raise ValidationError(errors)
 
 
 class CategoryRoute(models.Model):

@@ -6,6 +6,8 @@ import os
 for _var in ("GROQ_API_KEY", "OPENROUTER_API_KEY", "OPENAI_API_KEY"):
     os.environ.pop(_var, None)
 os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
+# The tests' mock upstreams listen on loopback (tests of the guard itself turn it off).
+os.environ["TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS"] = "1"
 
 import pytest  # noqa: E402
 

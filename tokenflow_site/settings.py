@@ -407,3 +407,10 @@ TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
 # Most messages one generation request may carry.
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
+# Which environment variables a model row may name as its key (fnmatch patterns); server
+# secrets (SECRET_KEY, DATABASE_*, REDIS_*, ...) are refused whatever these say.
+TOKENFLOW_API_KEY_ENV_PATTERNS = [
+    p.strip() for p in os.environ.get("TOKENFLOW_API_KEY_ENV_PATTERNS", "*_API_KEY").split(",")
+]
+# Let model base URLs point at private / loopback / link-local hosts (local vLLM, Ollama).
+TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS = env_bool("TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS", False)

@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from routing.providers.base import BaseProvider, ChatRequest, Chunk, ProviderError
+from routing.providers.safety import api_key_env_problem, base_url_problem
 
 # Clients hold connections bound to the loop that opened them: one pool per loop.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]]" = (
@@ -131,6 +132,13 @@ class OpenAICompatProvider(BaseProvider):
 
     def check_ready(self) -> None:
         env_name = self.config.get("api_key_env") or ""
+        problem = api_key_env_problem(env_name) or base_url_problem(self.config.get("base_url"))
+        if problem:
+            raise ProviderError(
+                f"Model '{self.name}' is misconfigured: {problem}",
+                code="provider_not_configured",
+                status=503,
+            )
         if env_name and not os.environ.get(env_name):
             raise ProviderError(
                 f"Provider '{self.config.get('provider', self.name)}' is not configured: "
