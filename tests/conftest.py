@@ -10,6 +10,9 @@ os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
 os.environ["TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS"] = "1"
 
 import pytest  # noqa: E402
+from django.conf import settings as django_settings  # noqa: E402
+
+django_settings.TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS = True  # settings were read before this file
 
 from accounts.models import ApiKey  # noqa: E402
 

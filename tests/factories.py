@@ -8,7 +8,12 @@ _seq = count(1)
 
 
 def mock_model(
-    name: str | None = None, *, rank: int = 100, enabled: bool = True, **options
+    name: str | None = None,
+    *,
+    rank: int = 100,
+    enabled: bool = True,
+    context_window: int = 8192,
+    **options,
 ) -> ModelRanking:
     """A mock-provider model; `options` are MockProvider options (response, token_delay...)."""
     return ModelRanking.objects.create(
@@ -17,6 +22,7 @@ def mock_model(
         upstream_model="echo",
         rank=rank,
         enabled=enabled,
+        context_window=context_window,
         options=options,
     )
 

@@ -29,6 +29,7 @@ from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
+from tokenflow_site.errors import ApiError
 from tokenflow_site.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,14 @@ def generation_prepare(
     compression=None,
     check_provider: bool = True,
 ) -> Generation:
-    """Reserve the key's tokens, persist the Prompt (unless given) and a queued Generation.
-    Raises ApiError 429 when the request's prompt + max_tokens do not fit the key's
-    tokens-per-minute budget."""
+    """Check the context window, reserve the key's tokens, persist the Prompt (unless
+    given) and a queued Generation. Raises ApiError 400 when prompt + max_tokens exceed
+    the model's context window, 429 when they do not fit the key's tokens per minute."""
     if check_provider:
         provider_check(model)
-    reserved = _tokens_reserve(api_key, messages, params)
+    prompt_tokens = count_message_tokens(messages)
+    context_check(model, prompt_tokens, params)
+    reserved = _tokens_reserve(api_key, prompt_tokens, params)
     if prompt is None:
         prompt = Prompt.objects.create(
             text=prompt_text(messages), messages=messages, source=source, api_key=api_key
@@ -109,14 +112,33 @@ def generation_prepare(
     return generation
 
 
-def _tokens_reserve(
-    api_key: ApiKey | None, messages: list[dict[str, str]], params: GenerationParams
-) -> int:
+def context_fits(model: ModelRanking, prompt_tokens: int, params: GenerationParams) -> bool:
+    return prompt_tokens + (params.max_tokens or 1) <= model.context_window
+
+
+def context_check(model: ModelRanking, prompt_tokens: int, params: GenerationParams) -> None:
+    """400 `context_length_exceeded` naming the numbers (OpenAI's code) when the prompt
+    plus max_tokens do not fit the model's context window."""
+    if context_fits(model, prompt_tokens, params):
+        return
+    asked = f"{prompt_tokens} prompt tokens"
+    if params.max_tokens:
+        asked += f" + {params.max_tokens} max_tokens = {prompt_tokens + params.max_tokens}"
+    raise ApiError(
+        f"Model {model.name!r} has a context window of {model.context_window} tokens; "
+        f"this request needs {asked}.",
+        code="context_length_exceeded",
+        field="max_tokens" if params.max_tokens else "messages",
+        extra={"context_window": model.context_window, "prompt_tokens": prompt_tokens},
+    )
+
+
+def _tokens_reserve(api_key: ApiKey | None, prompt_tokens: int, params: GenerationParams) -> int:
     """Reserve prompt + max_tokens against the key's tpm (only keys with a token limit)."""
     if api_key is None or not limits_for(api_key)[1]:
         return 0
     completion = params.max_tokens or settings.TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS
-    return tokens_reserve(api_key=api_key, tokens=count_message_tokens(messages) + completion)
+    return tokens_reserve(api_key=api_key, tokens=prompt_tokens + completion)
 
 
 async def messages_compress(
@@ -258,6 +280,9 @@ def _prepared(
         compression=compression,
         check_provider=False,  # model_choose checked it
     )
+    # A fallback whose context window cannot hold this request is no fallback.
+    prompt_tokens = count_message_tokens(messages)
+    choice.fallbacks = [m for m in choice.fallbacks if context_fits(m, prompt_tokens, params)]
     return PreparedGeneration(generation, choice)
 
 
