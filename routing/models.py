@@ -212,6 +212,9 @@ class Generation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Last checkpoint of a streaming row (partial text written); the sweeper fails a
+    # streaming row whose heartbeat stopped (its process died).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -275,8 +275,15 @@ TOKENFLOW_MAX_OUTPUT_TOKENS = int(os.environ.get("TOKENFLOW_MAX_OUTPUT_TOKENS", 
 TOKENFLOW_RETRY_ATTEMPTS = int(os.environ.get("TOKENFLOW_RETRY_ATTEMPTS", 3))
 TOKENFLOW_RETRY_BACKOFF = float(os.environ.get("TOKENFLOW_RETRY_BACKOFF", 0.5))
 TOKENFLOW_RETRY_MAX_DELAY = float(os.environ.get("TOKENFLOW_RETRY_MAX_DELAY", 20))
-# Background processes `manage.py runserver_all` (make serve) starts next to daphne.
-TOKENFLOW_SIDECARS: list[list[str]] = []
+# Streaming generations write their partial text and a heartbeat this often.
+TOKENFLOW_CHECKPOINT_SECONDS = float(os.environ.get("TOKENFLOW_CHECKPOINT_SECONDS", 2))
+# A streaming generation whose heartbeat is older than this belongs to a dead process.
+TOKENFLOW_STALE_STREAM_SECONDS = float(os.environ.get("TOKENFLOW_STALE_STREAM_SECONDS", 120))
+# Background processes `manage.py runserver_all` (make serve) starts next to daphne; the
+# sweeper closes generations a killed process left open.
+TOKENFLOW_SIDECARS: list[list[str]] = [
+    ["sweep_generations", "--every", os.environ.get("TOKENFLOW_SWEEP_SECONDS", "30")]
+]
 
 # ---------------------------------------------------------------------------
 # TokenFlow: compression

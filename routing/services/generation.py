@@ -392,6 +392,9 @@ async def _stream_model(
                             state["marking"] = asyncio.create_task(
                                 sync_to_async(_mark_streaming)(generation)
                             )
+                            state["checkpoint_at"] = time.monotonic()
+                        else:
+                            _checkpoint_maybe(generation, parts, state)
                     if chunk.finish_reason:
                         state["finish_reason"] = chunk.finish_reason
                     if chunk.usage:
@@ -415,6 +418,7 @@ def _mark_streaming(generation: Generation) -> None:
     """queued -> streaming (guarded: never overwrites a terminal status)."""
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
         status=Generation.Status.STREAMING,
+        heartbeat_at=timezone.now(),
         ttft_ms=generation.ttft_ms,
         started_at=generation.started_at,
         model=generation.model,
@@ -424,12 +428,36 @@ def _mark_streaming(generation: Generation) -> None:
     )
 
 
+def _checkpoint_maybe(generation: Generation, parts: list[str], state: dict[str, Any]) -> None:
+    """Every TOKENFLOW_CHECKPOINT_SECONDS, write the partial text and a heartbeat off the
+    token path (one write in flight per stream), so a killed process loses at most that
+    much and the sweeper can tell a live stream from an abandoned one."""
+    pending = state.get("checkpoint")
+    if pending is not None and not pending.done():
+        return
+    now = time.monotonic()
+    if now - state.get("checkpoint_at", now) < settings.TOKENFLOW_CHECKPOINT_SECONDS:
+        return
+    state["checkpoint_at"] = now
+    state["checkpoint"] = asyncio.create_task(
+        sync_to_async(_checkpoint)(generation.pk, "".join(parts))
+    )
+
+
+def _checkpoint(pk: int, text: str) -> None:
+    Generation.objects.filter(pk=pk, status=Generation.Status.STREAMING).update(
+        output_text=text, heartbeat_at=timezone.now()
+    )
+
+
 async def _settle(state: dict[str, Any]) -> None:
-    """Wait for the pending "streaming" write so the final save comes after it."""
-    task = state.pop("marking", None)
-    if task is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(task)
+    """Wait for the pending "streaming" and checkpoint writes so the final save comes
+    after them."""
+    for name in ("marking", "checkpoint"):
+        task = state.pop(name, None)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
 
 def _use_model(generation: Generation, model: ModelRanking) -> None:

@@ -1,7 +1,15 @@
-"""Close generations a dead process left open (server killed mid-stream)."""
+"""Close generations a dead process left open (server killed mid-stream).
+
+Streaming rows write a heartbeat (and their partial text) every
+TOKENFLOW_CHECKPOINT_SECONDS, so one whose heartbeat is older than
+TOKENFLOW_STALE_STREAM_SECONDS belongs to a dead process; queued rows (waiting for a
+local model, say) have no heartbeat and are given TOKENFLOW_STALE_GENERATION_SECONDS.
+`manage.py sweep_generations --every N` runs this in a loop (make serve starts it).
+"""
 
 from datetime import timedelta
 
+from django.db.models import Q
 from django.utils import timezone
 
 from routing.models import Generation
@@ -9,20 +17,24 @@ from routing.models import Generation
 ABANDONED = "abandoned"
 
 
-def generation_sweep_stale(*, older_than: timedelta) -> int:
-    """Mark queued/streaming generations created before `older_than` ago as failed
-    ("abandoned"); a live stream never lasts that long. Returns how many were closed."""
-    cutoff = timezone.now() - older_than
-    seconds = int(older_than.total_seconds())
-    return Generation.objects.filter(
-        status__in=[Generation.Status.QUEUED, Generation.Status.STREAMING],
-        created_at__lt=cutoff,
-    ).update(
-        status=Generation.Status.FAILED,
+def generation_sweep_stale(*, older_than: timedelta, silent_for: timedelta | None = None) -> int:
+    """Fail ("abandoned", partial text kept) queued rows created more than `older_than`
+    ago and streaming rows whose last heartbeat is older than `silent_for` (default
+    `older_than`). Returns how many were closed."""
+    now = timezone.now()
+    silent_for = silent_for or older_than
+    Status = Generation.Status
+    stale = (
+        Q(status=Status.QUEUED, created_at__lt=now - older_than)
+        | Q(
+            status=Status.STREAMING,
+            heartbeat_at__lt=now - silent_for,
+        )
+        | Q(status=Status.STREAMING, heartbeat_at__isnull=True, created_at__lt=now - older_than)
+    )
+    return Generation.objects.filter(stale).update(
+        status=Status.FAILED,
         error_code=ABANDONED,
-        error_message=(
-            f"The process serving this generation stopped before it finished "
-            f"(still open after {seconds} s)."
-        ),
-        finished_at=timezone.now(),
+        error_message="The process serving this generation stopped before it finished.",
+        finished_at=now,
     )

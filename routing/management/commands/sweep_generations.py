@@ -1,22 +1,52 @@
+import time
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
 from routing.services.sweep import generation_sweep_stale
 
 
 class Command(BaseCommand):
-    help = "Fail generations left queued/streaming by a process that died (run at start-up)."
+    help = (
+        "Fail generations left queued/streaming by a process that died; with --every, "
+        "keep doing it (make serve runs it that way)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--older-than",
             type=float,
             default=settings.TOKENFLOW_STALE_GENERATION_SECONDS,
-            help="seconds (default TOKENFLOW_STALE_GENERATION_SECONDS)",
+            help="queued rows: seconds since created (default TOKENFLOW_STALE_GENERATION_SECONDS)",
+        )
+        parser.add_argument(
+            "--silent-for",
+            type=float,
+            default=settings.TOKENFLOW_STALE_STREAM_SECONDS,
+            help="streaming rows: seconds since the last heartbeat "
+            "(default TOKENFLOW_STALE_STREAM_SECONDS)",
+        )
+        parser.add_argument(
+            "--every", type=float, default=0, help="seconds between sweeps (0: sweep once)"
         )
 
-    def handle(self, *args, older_than, **options):
-        closed = generation_sweep_stale(older_than=timedelta(seconds=older_than))
-        self.stdout.write(f"{closed} abandoned generation(s) marked failed.")
+    def handle(self, *args, older_than, silent_for, every, **options):
+        while True:
+            try:
+                closed = generation_sweep_stale(
+                    older_than=timedelta(seconds=older_than),
+                    silent_for=timedelta(seconds=silent_for),
+                )
+            except Exception as exc:  # noqa: BLE001 - a database blip must not end the loop
+                if not every:
+                    raise
+                self.stderr.write(f"sweep failed: {exc}")
+                closed = 0
+            if closed or not every:
+                self.stdout.write(f"{closed} abandoned generation(s) marked failed.")
+            if not every:
+                return
+            time.sleep(every)
+            close_old_connections()  # a long-lived loop: drop connections the DB closed
