@@ -254,4 +254,69 @@ def rate_limit_add_tokens(*, api_key, tokens: int) -> None:
 
 def rate_limit_reset(*, api_key_id: int) -> None:
     """Forget a key's counters (admin/tests)."""
-    cache.delete_many([_key(api_key_id, "req"), _key(api_key_id, "tok")])
+    cache.delete_many([_key(api_key_id, name) for name in ("req", "tok", "streams")])
+
+
+# --- concurrent streams per key ----------------------------------------------------------
+
+# KEYS[1] = the key's set of open streams (score = expiry); ARGV = now, cap, id, expiry.
+_STREAM_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) - tonumber(ARGV[1])) + 1)
+return 1
+"""
+
+
+def streams_acquire(*, api_key, stream_id: str, now: float | None = None) -> bool:
+    """Count one open stream for the key; 429 `too_many_streams` beyond
+    TOKENFLOW_MAX_STREAMS_PER_KEY. A slot a dead process never released expires after
+    TOKENFLOW_STREAM_SLOT_SECONDS. True if a slot was taken (release it)."""
+    cap = settings.TOKENFLOW_MAX_STREAMS_PER_KEY
+    if api_key is None or not cap:
+        return False
+    now = _now() if now is None else now
+    expiry = now + settings.TOKENFLOW_STREAM_SLOT_SECONDS
+    key = _key(api_key.pk, "streams")
+    try:
+        client = _redis_client()
+        if client is not None:
+            args = (repr(now), str(cap), stream_id, repr(expiry))
+            allowed = client.eval(_STREAM_LUA, 1, cache.make_and_validate_key(key), *args)
+        else:
+            with _lock:
+                open_streams = {
+                    sid: until for sid, until in (cache.get(key) or {}).items() if until > now
+                }
+                allowed = len(open_streams) < cap
+                if allowed:
+                    open_streams[stream_id] = expiry
+                    cache.set(key, open_streams, timeout=settings.TOKENFLOW_STREAM_SLOT_SECONDS)
+    except Exception:  # noqa: BLE001
+        logger.exception("Rate-limit cache unavailable; stream not counted")
+        return False
+    if not int(allowed):
+        raise ApiError(
+            f"This API key already has {cap} streams open (TOKENFLOW_MAX_STREAMS_PER_KEY); "
+            "wait for one to finish.",
+            code="too_many_streams",
+            status=429,
+            retry_after=1,
+        )
+    return True
+
+
+def streams_release(*, api_key_id: int, stream_id: str) -> None:
+    key = _key(api_key_id, "streams")
+    try:
+        client = _redis_client()
+        if client is not None:
+            client.zrem(cache.make_and_validate_key(key), stream_id)
+            return
+        with _lock:
+            open_streams = cache.get(key) or {}
+            if open_streams.pop(stream_id, None) is not None:
+                cache.set(key, open_streams, timeout=settings.TOKENFLOW_STREAM_SLOT_SECONDS)
+    except Exception:  # noqa: BLE001
+        logger.exception("Rate-limit cache unavailable; stream slot not released")

@@ -377,6 +377,10 @@ TOKENFLOW_PROCESS_STALE_GRACE = float(os.environ.get("TOKENFLOW_PROCESS_STALE_GR
 # Per-key defaults (ApiKey.requests_per_minute / tokens_per_minute override); 0 = unlimited.
 TOKENFLOW_RATE_LIMIT_RPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RPM", 0))
 TOKENFLOW_RATE_LIMIT_TPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_TPM", 0))
+# Streams (generations) one key may have open at once (0 = unlimited); a slot a killed
+# process never released expires after TOKENFLOW_STREAM_SLOT_SECONDS.
+TOKENFLOW_MAX_STREAMS_PER_KEY = int(os.environ.get("TOKENFLOW_MAX_STREAMS_PER_KEY", 64))
+TOKENFLOW_STREAM_SLOT_SECONDS = float(os.environ.get("TOKENFLOW_STREAM_SLOT_SECONDS", 900))
 # Completion tokens reserved against a key's tpm when a request sets no max_tokens.
 TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS = int(
     os.environ.get("TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS", 256)

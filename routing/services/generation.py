@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -20,7 +21,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import ApiKey
-from accounts.ratelimit import limits_for, tokens_reserve, tokens_settle
+from accounts.ratelimit import (
+    limits_for,
+    streams_acquire,
+    streams_release,
+    tokens_reserve,
+    tokens_settle,
+)
 from routing import metrics
 from routing.classifiers.base import Category
 from routing.models import Classification, Generation, ModelRanking, Prompt
@@ -90,7 +97,14 @@ def generation_prepare(
         provider_check(model)
     prompt_tokens = count_message_tokens(messages)
     context_check(model, prompt_tokens, params)
-    reserved = _tokens_reserve(api_key, prompt_tokens, params)
+    slot = uuid.uuid4().hex
+    holds_slot = streams_acquire(api_key=api_key, stream_id=slot)
+    try:
+        reserved = _tokens_reserve(api_key, prompt_tokens, params)
+    except ApiError:
+        if holds_slot:
+            streams_release(api_key_id=api_key.pk, stream_id=slot)
+        raise
     if prompt is None:
         prompt = Prompt.objects.create(
             text=prompt_text(messages), messages=messages, source=source, api_key=api_key
@@ -108,7 +122,9 @@ def generation_prepare(
         parameters=params.as_dict(),
         input_messages=messages,
     )
-    generation.reserved_tokens = reserved  # settled by _finish (not a column)
+    # Settled / released by _finish (not columns).
+    generation.reserved_tokens = reserved
+    generation.stream_slot = slot if holds_slot else None
     return generation
 
 
@@ -292,6 +308,9 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(generation, name, value)
     generation.save()
+    slot = getattr(generation, "stream_slot", None)
+    if slot is not None:
+        streams_release(api_key_id=generation.api_key_id, stream_id=slot)
     if generation.api_key_id is not None and limits_for(generation.api_key)[1]:
         reserved = getattr(generation, "reserved_tokens", 0)
         prompt = generation.prompt_tokens

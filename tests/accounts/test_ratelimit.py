@@ -201,3 +201,31 @@ def test_limits_are_shared_between_two_processes_on_redis(client):
     assert denied.status_code == 429 and denied["Retry-After"]
     # ...and the tokens it accounted count here too.
     assert client.get("/api/model-rankings", **tokens_auth).status_code == 429
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_concurrent_streams_per_key_are_capped(async_client, settings):
+    from asgiref.sync import sync_to_async
+
+    from tests.factories import mock_model
+
+    settings.TOKENFLOW_MAX_STREAMS_PER_KEY = 2
+    _, limited = await sync_to_async(issue)()
+    headers = {"Authorization": limited["HTTP_AUTHORIZATION"]}
+    await sync_to_async(mock_model)("mock/slow", response="a b c", token_delay=0.05)
+    body = {"model": "mock/slow", "prompt": "hi"}
+
+    async def post():
+        return await async_client.post(
+            "/api/generate", body, content_type="application/json", headers=headers
+        )
+
+    open_streams = [await post(), await post()]
+    assert [r.status_code for r in open_streams] == [200, 200]
+    third = await post()
+    assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_streams"
+    for response in open_streams:
+        await read_body(response)  # finished: their slots are free again
+    again = await post()
+    assert again.status_code == 200
+    await read_body(again)
