@@ -1,6 +1,6 @@
 """POST /api/classify and reading classifications back."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,7 +16,23 @@ from tokenflow_site.endpoints import query_validate
 class ClassifyView(APIView):
     """`{prompt, possible_categories?, multi_label?}` -> the persisted Classification."""
 
-    @extend_schema(request=ClassifyRequestSerializer, responses={201: ClassificationSerializer})
+    @extend_schema(
+        request=ClassifyRequestSerializer,
+        responses={201: ClassificationSerializer},
+        examples=[
+            OpenApiExample(
+                "Own categories",
+                value={
+                    "prompt": "My invoice was charged twice this month.",
+                    "possible_categories": [
+                        "billing",
+                        {"name": "technical", "description": "bugs, errors, outages"},
+                    ],
+                },
+                request_only=True,
+            )
+        ],
+    )
     def post(self, request: Request) -> Response:
         serializer = ClassifyRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
