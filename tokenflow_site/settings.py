@@ -85,7 +85,7 @@ ASGI_APPLICATION = "tokenflow_site.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "tokenflow_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
