@@ -2,7 +2,7 @@
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 
 from accounts.permissions import owned_by
@@ -14,11 +14,18 @@ from compression.serializers import (
 )
 from compression.services import acompression_create
 from tokenflow_site.endpoints import api_endpoint, query_validate
+from tokenflow_site.errors import ErrorSerializer
 
 
 @api_endpoint(
     CompressRequestSerializer,
-    responses={201: CompressionSerializer},
+    responses={
+        201: CompressionSerializer,
+        503: OpenApiResponse(
+            ErrorSerializer,
+            description="The compressor model cannot be loaded (`compressor_unavailable`).",
+        ),
+    },
     summary="Compress a prompt (LLMLingua)",
     examples=[
         OpenApiExample(

@@ -157,6 +157,8 @@ STREAM_RESPONSES = {
         )
     },
 }
+
+
 class StreamQuerySerializer(serializers.Serializer):
     """The query string of the streaming endpoints."""
 

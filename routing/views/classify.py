@@ -1,6 +1,6 @@
 """POST /api/classify and reading classifications back."""
 
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,6 +11,7 @@ from routing.models import Classification
 from routing.serializers import ClassificationSerializer, ClassifyRequestSerializer
 from routing.services.classification import classification_create
 from tokenflow_site.endpoints import query_validate
+from tokenflow_site.errors import ErrorSerializer
 
 
 class ClassifyView(APIView):
@@ -18,7 +19,14 @@ class ClassifyView(APIView):
 
     @extend_schema(
         request=ClassifyRequestSerializer,
-        responses={201: ClassificationSerializer},
+        responses={
+            201: ClassificationSerializer,
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="No categories to classify against (`no_categories`) or the "
+                "classifier model cannot be loaded.",
+            ),
+        },
         examples=[
             OpenApiExample(
                 "Own categories",
