@@ -10,7 +10,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from accounts.permissions import principal_authorize
 from accounts.ratelimit import rate_limit_hit
 from accounts.selectors import api_key_authenticate
-from tokenflow_site.errors import ApiError, error_response
+from tokenflow_site.errors import ApiError, error_response_for
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
 PUBLIC_PATHS = ("/api/schema/", "/api/docs/", "/api/redoc/")
@@ -75,7 +75,7 @@ def _authenticate(request: HttpRequest) -> HttpResponse | None:
             stale_session=not offered and _stale_session(request, user),
         )
     except ApiError as exc:
-        return error_response(exc)
+        return error_response_for(request, exc)
     request.api_key = key
     return _rate_limit(request) if key is not None else None
 
@@ -86,10 +86,11 @@ def _rate_limit(request: HttpRequest) -> HttpResponse | None:
     request.rate_limit = decision
     if decision is None or decision.allowed:
         return None
-    return error_response(
+    return error_response_for(
+        request,
         ApiError(
             decision.message(), code="rate_limited", status=429, retry_after=decision.retry_after
-        )
+        ),
     )
 
 

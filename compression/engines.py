@@ -475,8 +475,8 @@ _instances: dict[tuple[str, str, str], CompressorBackend] = {}
 def backend_path(*, engine: str | None = None, method: str | None = None) -> str:
     """Dotted path of the backend for an engine name (or path) and method."""
     method = method or settings.TOKENFLOW_COMPRESSOR_METHOD
-    if method == "llmlingua2":
-        return "compression.engines.LLMLingua2Compressor"
+    if method in settings.TOKENFLOW_COMPRESSOR_METHOD_BACKENDS:
+        return settings.TOKENFLOW_COMPRESSOR_METHOD_BACKENDS[method]
     engine = engine or settings.TOKENFLOW_COMPRESSOR
     return settings.TOKENFLOW_COMPRESSOR_ENGINES.get(engine, engine)
 

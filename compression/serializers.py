@@ -6,6 +6,7 @@ from rest_framework import serializers
 from compression.engines import METHODS
 from compression.models import Compression
 from tokenflow_site.api import LargeTextField, StrictCharField, StrictFloatField, StrictIntegerField
+from tokenflow_site.schema import NOT_BLANK, exactly_one_of
 
 MAX_FORCE_TOKENS = 100
 MAX_FORCE_TOKEN_CHARS = 100
@@ -32,6 +33,13 @@ class CompressOptionsSerializer(serializers.Serializer):
     )
     engine = StrictCharField(required=False, allow_null=True, default=None, max_length=200)
     method = serializers.ChoiceField(choices=METHODS, required=False, allow_null=True, default=None)
+
+    def openapi_request_schema(self, schema: dict) -> None:
+        properties = schema["properties"]
+        properties["ratio"]["exclusiveMinimum"] = True
+        properties["engine"]["enum"] = [*sorted(settings.TOKENFLOW_COMPRESSOR_ENGINES), None]
+        properties["force_tokens"]["items"]["pattern"] = NOT_BLANK
+        exactly_one_of(schema, "ratio", "target_tokens")
 
     def validate_ratio(self, value: float) -> float:
         if value <= 0:
@@ -70,6 +78,11 @@ class CompressRequestSerializer(CompressOptionsSerializer):
     """The body of POST /api/compress."""
 
     text = LargeTextField(max_chars=lambda: settings.TOKENFLOW_COMPRESSOR_MAX_CHARS)
+
+    def openapi_request_schema(self, schema: dict) -> None:
+        super().openapi_request_schema(schema)
+        text = schema["properties"]["text"]
+        text.update(pattern=NOT_BLANK, maxLength=settings.TOKENFLOW_COMPRESSOR_MAX_CHARS)
 
     def validate_text(self, value: str) -> str:
         if not value.strip():

@@ -2,7 +2,7 @@
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 
 from accounts.permissions import owned_by
@@ -14,12 +14,41 @@ from compression.serializers import (
 )
 from compression.services import acompression_create
 from tokenflow_site.endpoints import api_endpoint, query_validate
+from tokenflow_site.errors import ErrorSerializer
 
 
 @api_endpoint(
     CompressRequestSerializer,
-    responses={201: CompressionSerializer},
+    responses={
+        201: CompressionSerializer,
+        503: OpenApiResponse(
+            ErrorSerializer,
+            description="The compressor model cannot be loaded (`compressor_unavailable`).",
+        ),
+    },
     summary="Compress a prompt (LLMLingua)",
+    examples=[
+        OpenApiExample(
+            "Half the tokens",
+            value={
+                "text": "The quarterly report shows revenue grew 12% while costs fell 3%, "
+                "driven by the new pricing model introduced in March. " * 8,
+                "ratio": 0.5,
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Question-aware, to a token budget",
+            value={
+                "text": "Alice joined in 2019. Bob leads the data team. The office is in Lyon. "
+                * 8,
+                "target_tokens": 40,
+                "question": "Where is the office?",
+                "force_tokens": ["Lyon"],
+            },
+            request_only=True,
+        ),
+    ],
 )
 async def compress(request: HttpRequest, data: dict) -> JsonResponse:
     """POST /api/compress: {text, ratio | target_tokens, question?, force_tokens?, instruction?}."""

@@ -20,11 +20,13 @@ from tokenflow_site.api import (
     text_check,
 )
 from tokenflow_site.errors import ApiError
+from tokenflow_site.schema import NOT_BLANK, exactly_one_of
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
 MAX_LABEL_CHARS = 100
 MAX_DESCRIPTION_CHARS = 1000
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 200
 MAX_MODEL_NAME_CHARS = 200
 
 
@@ -54,7 +56,23 @@ MESSAGE_SCHEMA = {
     "type": "object",
     "properties": {
         "role": {"type": "string", "enum": list(VALID_ROLES)},
-        "content": {"type": "string"},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "description": "OpenAI text content parts (joined).",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string", "enum": ["text"]},
+                            "text": {"type": "string"},
+                        },
+                        "required": ["type", "text"],
+                    },
+                },
+            ]
+        },
         "name": {"type": "string"},
     },
     "required": ["role", "content"],
@@ -68,8 +86,8 @@ class MessagesField(serializers.Field):
 
     default_error_messages = {
         "invalid": "must be a non-empty list of messages.",
-        "message": "messages[{index}] must be an object with a role ({roles}) and a string "
-        "content (or a list of text parts).",
+        "message": "messages[{index}] must be an object with a role ({roles}), a string "
+        "content (or a list of text parts) and an optional string name.",
         "too_many_messages": "has {count} messages; the limit is {limit}.",
     }
 
@@ -82,7 +100,12 @@ class MessagesField(serializers.Field):
         messages = []
         for index, message in enumerate(data):
             content = _part_text(message.get("content")) if isinstance(message, dict) else None
-            if not isinstance(content, str) or message.get("role") not in VALID_ROLES:
+            name = message.get("name", "") if isinstance(message, dict) else None
+            if (
+                not isinstance(content, str)
+                or message.get("role") not in VALID_ROLES
+                or not isinstance(name, str)
+            ):
                 raise serializers.ValidationError(
                     self.error_messages["message"].format(
                         index=index, roles=", ".join(VALID_ROLES)
@@ -99,8 +122,12 @@ class MessagesField(serializers.Field):
 @extend_schema_field(
     {
         "oneOf": [
-            {"type": "string"},
-            {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+            {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS},
+            {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS},
+                "maxItems": MAX_STOP_SEQUENCES,
+            },
         ]
     }
 )
@@ -114,7 +141,7 @@ class StopField(serializers.Field):
         if not (
             isinstance(stop, list)
             and len(stop) <= MAX_STOP_SEQUENCES
-            and all(isinstance(s, str) and 0 < len(s) <= 200 for s in stop)
+            and all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)
         ):
             self.fail("invalid")
         return [text_check(s) for s in stop]
@@ -138,7 +165,9 @@ CATEGORY_SCHEMA = {
 }
 
 
-@extend_schema_field({"type": "array", "items": CATEGORY_SCHEMA, "minItems": 2})
+@extend_schema_field(
+    {"type": "array", "items": CATEGORY_SCHEMA, "minItems": 2, "uniqueItems": True}
+)
 class CategoriesField(serializers.Field):
     """`possible_categories`: labels or {name, description?} objects, 2 to
     TOKENFLOW_MAX_CATEGORIES of them, no duplicates (case-insensitive)."""
@@ -209,6 +238,11 @@ class ClassifyRequestSerializer(serializers.Serializer):
     )
     multi_label = StrictBooleanField(required=False, default=False)
 
+    def openapi_request_schema(self, schema: dict) -> None:
+        properties = schema["properties"]
+        properties["prompt"].update(pattern=NOT_BLANK, maxLength=settings.TOKENFLOW_MAX_INPUT_CHARS)
+        properties["possible_categories"]["maxItems"] = settings.TOKENFLOW_MAX_CATEGORIES
+
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
             raise serializers.ValidationError("must not be empty.", code="blank")
@@ -225,6 +259,11 @@ class SamplingSerializer(serializers.Serializer):
     seed = StrictIntegerField(
         required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1
     )
+
+    def openapi_request_schema(self, schema: dict) -> None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            if name in schema["properties"]:
+                schema["properties"][name]["maximum"] = settings.TOKENFLOW_MAX_OUTPUT_TOKENS
 
     def validate_max_tokens(self, value: int | None) -> int | None:
         limit = settings.TOKENFLOW_MAX_OUTPUT_TOKENS
@@ -252,6 +291,14 @@ class GenerateRequestSerializer(SamplingSerializer):
     model = StrictCharField(max_length=MAX_MODEL_NAME_CHARS, help_text='A model name or "auto".')
     compress = CompressOptionsSerializer(required=False, allow_null=True)
     possible_categories = CategoriesField(required=False, allow_null=True)
+
+    def openapi_request_schema(self, schema: dict) -> None:
+        super().openapi_request_schema(schema)
+        properties = schema["properties"]
+        properties["prompt"]["pattern"] = NOT_BLANK
+        properties["messages"]["maxItems"] = settings.TOKENFLOW_MAX_MESSAGES
+        properties["possible_categories"]["maxItems"] = settings.TOKENFLOW_MAX_CATEGORIES
+        exactly_one_of(schema, "prompt", "messages")
 
     def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
         prompt, messages = attrs.get("prompt"), attrs.get("messages")
@@ -382,6 +429,10 @@ class ChatCompletionRequestSerializer(SamplingSerializer):
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_null=True, max_length=256)
     compress = CompressOptionsSerializer(required=False, allow_null=True)
+
+    def openapi_request_schema(self, schema: dict) -> None:
+        super().openapi_request_schema(schema)
+        schema["properties"]["messages"]["maxItems"] = settings.TOKENFLOW_MAX_MESSAGES
 
     def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
         if attrs.get("max_tokens") is None and attrs.get("max_completion_tokens") is not None:

@@ -5,10 +5,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.http import HttpRequest, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
 from routing.services.generation import StreamEvent
+from tokenflow_site.errors import ErrorSerializer
 
 SSE_EVENT_NAMES = {
     "metadata": "metadata",
@@ -60,13 +61,89 @@ empty) and `done`; the first carries `metadata`, others may carry `info` (or the
 `agent_done` / `agent_failed`); the last has `"done": true` and either the end fields
 (`generation_id`, `finish_reason`, `usage`) or `error`."""
 
+# --- documentation of the stream (OpenAPI components) ------------------------------------
+
+
+class StreamUsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class StreamMetadataSerializer(serializers.Serializer):
+    """The first event: which generation and model; with model "auto" also the routing."""
+
+    generation_id = serializers.IntegerField()
+    model = serializers.CharField()
+    provider = serializers.CharField()
+    upstream_model = serializers.CharField(allow_blank=True)
+    selected_model = serializers.CharField(required=False)
+    top_category = serializers.CharField(required=False, allow_null=True)
+    confidence = serializers.FloatField(required=False, allow_null=True)
+    scores = serializers.ListField(child=serializers.DictField(), required=False)
+    classification_id = serializers.IntegerField(required=False, allow_null=True)
+    route = serializers.DictField(required=False, allow_null=True)
+    fallbacks = serializers.ListField(child=serializers.CharField(), required=False)
+    skipped = serializers.ListField(child=serializers.DictField(), required=False)
+
+
+class StreamInfoSerializer(serializers.Serializer):
+    queue_position = serializers.IntegerField(required=False)
+    fallback = serializers.DictField(
+        required=False, help_text="`{from, to, reason, code}`: the model that failed and the next."
+    )
+
+
+class StreamErrorSerializer(serializers.Serializer):
+    """The stream failed after it started; the generation is stored as failed."""
+
+    message = serializers.CharField()
+    code = serializers.CharField()
+    status = serializers.IntegerField()
+    generation_id = serializers.IntegerField(allow_null=True)
+    retry_after = serializers.FloatField(required=False, allow_null=True)
+
+
+class StreamEndSerializer(serializers.Serializer):
+    generation_id = serializers.IntegerField()
+    finish_reason = serializers.CharField()
+    usage = StreamUsageSerializer()
+
+
+class SseEventSerializer(serializers.Serializer):
+    """One server-sent event as a client reads it: the event name and its JSON `data`."""
+
+    event = serializers.ChoiceField(
+        choices=[*SSE_EVENT_NAMES.values(), "info", "agent_done", "agent_failed"]
+    )
+    data = serializers.CharField(
+        help_text="JSON: `StreamMetadata` (metadata), `StreamInfo` (info), `{text}` "
+        "(text_chunk), `StreamError` (error), `StreamEnd` (end_stream)."
+    )
+
+
+class NdjsonLineSerializer(serializers.Serializer):
+    """One NDJSON line (Ollama style); the stream is one such object per line."""
+
+    response = serializers.CharField(allow_blank=True, help_text="Text; may be empty.")
+    done = serializers.BooleanField()
+    metadata = StreamMetadataSerializer(required=False)
+    info = StreamInfoSerializer(required=False)
+    error = StreamErrorSerializer(required=False)
+    generation_id = serializers.IntegerField(required=False)
+    finish_reason = serializers.CharField(required=False)
+    usage = StreamUsageSerializer(required=False)
+    agent_done = serializers.DictField(required=False)
+    agent_failed = serializers.DictField(required=False)
+
+
 STREAM_RESPONSES = {
-    (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description=SSE_DESCRIPTION),
+    (200, "text/event-stream"): OpenApiResponse(SseEventSerializer, description=SSE_DESCRIPTION),
     (200, "application/x-ndjson"): OpenApiResponse(
-        OpenApiTypes.STR, description=NDJSON_DESCRIPTION
+        NdjsonLineSerializer, description=NDJSON_DESCRIPTION
     ),
     **{
-        (status, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description=description)
+        (status, "application/json"): OpenApiResponse(ErrorSerializer, description=description)
         for status, description in (
             (404, "Unknown or disabled model (`model_not_found`)."),
             (409, "A conflicting request is in progress."),
@@ -80,15 +157,21 @@ STREAM_RESPONSES = {
         )
     },
 }
-STREAM_PARAMETERS = [
-    OpenApiParameter(
-        "format",
-        str,
-        OpenApiParameter.QUERY,
-        enum=["sse", "ndjson"],
-        description="`ndjson` for NDJSON (or send `Accept: application/x-ndjson`).",
+
+
+class StreamQuerySerializer(serializers.Serializer):
+    """The query string of the streaming endpoints."""
+
+    format = serializers.ChoiceField(
+        choices=["sse", "ndjson"],
+        required=False,
+        help_text="`ndjson` for NDJSON (or send `Accept: application/x-ndjson`); default SSE.",
     )
-]
+
+
+# For extend_schema(parameters=...) on views that validate `format` themselves; prefer
+# api_endpoint(query=StreamQuerySerializer), which validates and documents it.
+STREAM_PARAMETERS = [StreamQuerySerializer]
 
 
 def wants_ndjson(request: HttpRequest) -> bool:

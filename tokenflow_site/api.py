@@ -147,7 +147,7 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
 
     def _param(self, request, name: str, default: int, high: int) -> int:
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         if not raw.isdigit() or int(raw) > high:
             raise ApiError(

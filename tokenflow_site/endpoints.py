@@ -38,13 +38,15 @@ def api_endpoint(
     serializer_class: type[serializers.Serializer] | None = None,
     *,
     methods: Sequence[str] = ("POST",),
+    query: type[serializers.Serializer] | None = None,
     render_error: ErrorRenderer = error_response,
     **schema: Any,
 ):
     """Decorate `async def view(request, data, **kwargs)`: check the method and the
-    Principal, parse the JSON body (any Content-Type) and validate it with
-    `serializer_class`, all before the view (and its stream) starts. `schema` goes to
-    drf-spectacular's `extend_schema` (responses, summary, ...)."""
+    Principal, validate the query string with `query` (the result is `request.query`) and
+    the JSON body (any Content-Type) with `serializer_class`, all before the view (and its
+    stream) starts. `schema` goes to drf-spectacular's `extend_schema` (responses,
+    summary, ...); `query` is documented as the query parameters."""
 
     def decorate(view):
         @csrf_exempt  # CSRF is enforced for sessions by the front door (accounts.middleware)
@@ -54,6 +56,7 @@ def api_endpoint(
                 if request.method not in methods:
                     raise method_not_allowed(request, methods)
                 request_principal(request)
+                request.query = query_validate(query, request) if query is not None else {}
                 data = None
                 if serializer_class is not None:
                     data = validate(serializer_class, json_object(request.body), request=request)
@@ -66,6 +69,8 @@ def api_endpoint(
 
         # drf-spectacular documents APIView classes only: give it one that describes this
         # view (never instantiated for a request).
+        if query is not None:
+            schema["parameters"] = [query, *schema.get("parameters", [])]
         handlers = {
             method.lower(): extend_schema(request=serializer_class, **schema)(
                 lambda self, request, *args, **kwargs: None
@@ -80,6 +85,10 @@ def api_endpoint(
 
 
 def query_validate(serializer_class: type[serializers.Serializer], request) -> dict:
-    """Validated query parameters (DRF Request or HttpRequest)."""
-    params = getattr(request, "query_params", None) or request.GET
-    return validate(serializer_class, params)
+    """Validated query parameters (DRF Request or HttpRequest). A plain dict (the last value
+    of each name), not the QueryDict: DRF reads an empty form value as "not sent", while an
+    API filter such as `?engine=` is a blank value, which fails validation (400)."""
+    params = getattr(request, "query_params", None)
+    if params is None:
+        params = request.GET
+    return validate(serializer_class, {name: params[name] for name in params})

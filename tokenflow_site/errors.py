@@ -1,4 +1,8 @@
-"""One JSON error shape for every failure: {"error": {"code", "message", "field"?}}."""
+"""One JSON error shape for every failure: {"error": {"code", "message", "field"?}}.
+
+/v1/ (the OpenAI-compatible surface) renders the same ApiError in OpenAI's shape
+{"error": {"message", "type", "param", "code"}}, whoever raises it (the front door's 401,
+a 404 route, a serializer), so OpenAI clients always find the fields they parse."""
 
 import logging
 from typing import Any
@@ -6,11 +10,34 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework import exceptions as drf_exceptions
+from rest_framework import serializers
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/v1/", "/healthz", "/metrics")
+OPENAI_PREFIX = "/v1/"
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable machine-readable code.")
+    message = serializers.CharField()
+    field = serializers.CharField(required=False, help_text="The request field at fault.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape (documentation; the `Error` component)."""
+
+    error = ErrorDetailSerializer()
 
 
 class ApiError(Exception):
@@ -49,17 +76,46 @@ def json_error(
     status: int,
     field: str | None = None,
     retry_after: float | None = None,
+    request: HttpRequest | None = None,
 ) -> JsonResponse:
-    return error_response(
-        ApiError(message, code=code, status=status, field=field, retry_after=retry_after)
-    )
+    error = ApiError(message, code=code, status=status, field=field, retry_after=retry_after)
+    return error_response(error) if request is None else error_response_for(request, error)
+
+
+def _with_retry_after(response: HttpResponse, retry_after: float | None) -> HttpResponse:
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, int(round(retry_after + 0.499))))
+    return response
 
 
 def error_response(error: ApiError) -> JsonResponse:
-    response = JsonResponse(error.payload(), status=error.status)
-    if error.retry_after is not None:
-        response["Retry-After"] = str(max(1, int(round(error.retry_after + 0.499))))
-    return response
+    return _with_retry_after(JsonResponse(error.payload(), status=error.status), error.retry_after)
+
+
+def openai_error_payload(error: ApiError) -> dict[str, Any]:
+    status = error.status
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return {
+        "error": {
+            "message": error.message,
+            "type": OPENAI_ERROR_TYPES.get(status, default),
+            "param": error.field,
+            "code": error.code,
+        }
+    }
+
+
+def openai_error_response(error: ApiError) -> JsonResponse:
+    """The ApiError in OpenAI's error shape (the /v1/ routes)."""
+    response = JsonResponse(openai_error_payload(error), status=error.status)
+    return _with_retry_after(response, error.retry_after)
+
+
+def error_response_for(request: HttpRequest, error: ApiError) -> JsonResponse:
+    """The error in the shape the route documents: OpenAI's on /v1/, ours elsewhere."""
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error_response(error)
+    return error_response(error)
 
 
 def parse_json_body(request: HttpRequest) -> dict[str, Any]:
@@ -188,22 +244,27 @@ class JsonErrorMiddleware(MiddlewareMixin):
         ):
             return response
         if response.status_code == 404:
-            return json_error(f"No route for {request.path}.", code="not_found", status=404)
+            return json_error(
+                f"No route for {request.path}.", code="not_found", status=404, request=request
+            )
         if response.status_code == 405:
             return json_error(
                 f"Method {request.method} is not allowed on {request.path}.",
                 code="method_not_allowed",
                 status=405,
+                request=request,
             )
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, ApiError):
-            return error_response(exception)
+            return error_response_for(request, exception)
         if not self._is_api(request):
             return None
         logger.exception("Unhandled error on %s", request.path, exc_info=exception)
-        return json_error("Internal server error.", code="internal_error", status=500)
+        return json_error(
+            "Internal server error.", code="internal_error", status=500, request=request
+        )
 
     @staticmethod
     def _is_api(request: HttpRequest) -> bool:
@@ -211,8 +272,10 @@ class JsonErrorMiddleware(MiddlewareMixin):
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return json_error(f"No route for {request.path}.", code="not_found", status=404)
+    return json_error(
+        f"No route for {request.path}.", code="not_found", status=404, request=request
+    )
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
-    return json_error("Internal server error.", code="internal_error", status=500)
+    return json_error("Internal server error.", code="internal_error", status=500, request=request)

@@ -85,7 +85,7 @@ ASGI_APPLICATION = "tokenflow_site.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "tokenflow_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -194,7 +194,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # A JSON body is JSON whatever its Content-Type says (curl -d sends a form type).
     "DEFAULT_PARSER_CLASSES": ["tokenflow_site.api.AnyContentJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "tokenflow_site.schema.TokenFlowAutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tokenflow_site.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "tokenflow_site.api.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "tokenflow_site.errors.drf_exception_handler",
@@ -294,6 +294,8 @@ TOKENFLOW_COMPRESSOR_ENGINES = {
     "stock": "compression.engines.StockCompressor",
 }
 TOKENFLOW_COMPRESSOR = os.environ.get("TOKENFLOW_COMPRESSOR", "fast")
+# Methods other than "llmlingua" have a backend of their own (whatever the engine).
+TOKENFLOW_COMPRESSOR_METHOD_BACKENDS = {"llmlingua2": "compression.engines.LLMLingua2Compressor"}
 # Any HF causal LM path or hub id ("" = the offline SmolLM2 directory); for llmlingua2 a
 # token-classification checkpoint (default microsoft/llmlingua-2-xlm-roberta-large-meetingbank).
 TOKENFLOW_COMPRESSOR_MODEL = os.environ.get("TOKENFLOW_COMPRESSOR_MODEL", "")

@@ -1,6 +1,6 @@
 """POST /api/classify and reading classifications back."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -11,12 +11,36 @@ from routing.models import Classification
 from routing.serializers import ClassificationSerializer, ClassifyRequestSerializer
 from routing.services.classification import classification_create
 from tokenflow_site.endpoints import query_validate
+from tokenflow_site.errors import ErrorSerializer
 
 
 class ClassifyView(APIView):
     """`{prompt, possible_categories?, multi_label?}` -> the persisted Classification."""
 
-    @extend_schema(request=ClassifyRequestSerializer, responses={201: ClassificationSerializer})
+    @extend_schema(
+        request=ClassifyRequestSerializer,
+        responses={
+            201: ClassificationSerializer,
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="No categories to classify against (`no_categories`) or the "
+                "classifier model cannot be loaded.",
+            ),
+        },
+        examples=[
+            OpenApiExample(
+                "Own categories",
+                value={
+                    "prompt": "My invoice was charged twice this month.",
+                    "possible_categories": [
+                        "billing",
+                        {"name": "technical", "description": "bugs, errors, outages"},
+                    ],
+                },
+                request_only=True,
+            )
+        ],
+    )
     def post(self, request: Request) -> Response:
         serializer = ClassifyRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

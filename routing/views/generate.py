@@ -2,13 +2,14 @@
 generation event stream. /api/models/select is /api/generate with model "auto"."""
 
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import OpenApiExample
 
 from routing.models import Prompt
 from routing.serializers import GenerateRequestSerializer, SelectRequestSerializer
 from routing.services.generation import GenerationRequest, generation_acreate
 from routing.streaming import (
-    STREAM_PARAMETERS,
     STREAM_RESPONSES,
+    StreamQuerySerializer,
     event_stream_response,
     wants_ndjson,
 )
@@ -34,8 +35,27 @@ async def _stream(request: HttpRequest, data: GenerationRequest) -> HttpResponse
 @api_endpoint(
     GenerateRequestSerializer,
     responses=STREAM_RESPONSES,
-    parameters=STREAM_PARAMETERS,
+    query=StreamQuerySerializer,
     summary="Stream a generation (SSE or NDJSON)",
+    examples=[
+        OpenApiExample(
+            "Routed by the classifier",
+            value={"model": "auto", "prompt": "Write a haiku about the sea.", "max_tokens": 64},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Chat messages to a named model",
+            value={
+                "model": "groq/llama-3.1-8b-instant",
+                "messages": [
+                    {"role": "system", "content": "Answer in one sentence."},
+                    {"role": "user", "content": "What is the capital of France?"},
+                ],
+                "temperature": 0.2,
+            },
+            request_only=True,
+        ),
+    ],
 )
 async def generate(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
     """Generate from `prompt` or `messages` with a model name or "auto" (classify, route,
@@ -46,8 +66,15 @@ async def generate(request: HttpRequest, data: GenerationRequest) -> HttpRespons
 @api_endpoint(
     SelectRequestSerializer,
     responses=STREAM_RESPONSES,
-    parameters=STREAM_PARAMETERS,
+    query=StreamQuerySerializer,
     summary="Classify, route and stream (model auto)",
+    examples=[
+        OpenApiExample(
+            "A prompt",
+            value={"prompt": "Fix the bug in this Python function: def f(x): return x +"},
+            request_only=True,
+        )
+    ],
 )
 async def models_select(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
     """Classify the prompt, pick the model from the routing table and stream its answer:

@@ -11,25 +11,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
 from routing.models import ModelRanking, Prompt
 from routing.serializers import ChatCompletionRequestSerializer
 from routing.services.generation import GenerationRequest, StreamEvent, generation_acreate
 from tokenflow_site.endpoints import api_endpoint
-from tokenflow_site.errors import ApiError
-
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
+from tokenflow_site.errors import ApiError, openai_error_response
 
 OPENAI_ERRORS = {
     400: "Invalid request (`invalid_request_error`).",
@@ -44,74 +33,66 @@ OPENAI_ERRORS = {
 }
 
 
-class OpenAIErrorSerializer(serializers.Serializer):
-    class _Body(serializers.Serializer):
-        message = serializers.CharField()
-        type = serializers.CharField()
-        param = serializers.CharField(allow_null=True)
-        code = serializers.CharField()
+class OpenAIErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField()
 
-    error = _Body()
+
+class OpenAIErrorSerializer(serializers.Serializer):
+    """OpenAI's error shape; every /v1/ error uses it (tokenflow_site.errors)."""
+
+    error = OpenAIErrorDetailSerializer()
+
+
+class ChatCompletionMessageSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_blank=True)
+
+
+class ChatCompletionChoiceSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ChatCompletionMessageSerializer()
+    finish_reason = serializers.CharField()
+
+
+class ChatCompletionUsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
 
 
 class ChatCompletionSerializer(serializers.Serializer):
     """Documentation of the non-streaming response (OpenAI's chat.completion)."""
 
-    class _Choice(serializers.Serializer):
-        class _Message(serializers.Serializer):
-            role = serializers.CharField()
-            content = serializers.CharField()
-
-        index = serializers.IntegerField()
-        message = _Message()
-        finish_reason = serializers.CharField()
-
-    class _Usage(serializers.Serializer):
-        prompt_tokens = serializers.IntegerField()
-        completion_tokens = serializers.IntegerField()
-        total_tokens = serializers.IntegerField()
-
     id = serializers.CharField()
     object = serializers.CharField()
     created = serializers.IntegerField()
     model = serializers.CharField()
-    choices = _Choice(many=True)
-    usage = _Usage()
+    choices = ChatCompletionChoiceSerializer(many=True)
+    usage = ChatCompletionUsageSerializer()
+
+
+class ChatCompletionChunkEventSerializer(serializers.Serializer):
+    """One server-sent event of `stream: true`: a `data:` line, no event name."""
+
+    data = serializers.CharField(
+        help_text="A JSON `chat.completion.chunk`, a JSON usage chunk, a JSON "
+        '`{"error": {...}}` (failure after the stream started), or the final `[DONE]`.'
+    )
+
+
+class OpenAIModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
 
 
 class ModelListSerializer(serializers.Serializer):
-    class _Model(serializers.Serializer):
-        id = serializers.CharField()
-        object = serializers.CharField()
-        created = serializers.IntegerField()
-        owned_by = serializers.CharField()
-
     object = serializers.CharField()
-    data = _Model(many=True)
-
-
-def openai_error(
-    message: str,
-    *,
-    code: str,
-    status: int,
-    param: str | None = None,
-    retry_after: float | None = None,
-) -> JsonResponse:
-    body = {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(
-                status, "api_error" if status >= 500 else "invalid_request_error"
-            ),
-            "param": param,
-            "code": code,
-        }
-    }
-    response = JsonResponse(body, status=status)
-    if retry_after is not None:
-        response["Retry-After"] = str(max(1, int(round(retry_after + 0.499))))
-    return response
+    data = OpenAIModelSerializer(many=True)
 
 
 def _chunk(gen_id: str, model: str, created: int, delta: dict, finish=None, usage=None) -> dict:
@@ -178,11 +159,13 @@ async def _complete(events, *, model: str) -> JsonResponse:
                 end = event
             elif event.type == "error":
                 data = event.data
-                return openai_error(
-                    data["message"],
-                    code=data["code"],
-                    status=data.get("status") or 502,
-                    retry_after=data.get("retry_after"),
+                return openai_error_response(
+                    ApiError(
+                        data["message"],
+                        code=data["code"],
+                        status=data.get("status") or 502,
+                        retry_after=data.get("retry_after"),
+                    )
                 )
     assert end is not None
     return JsonResponse(
@@ -203,12 +186,6 @@ async def _complete(events, *, model: str) -> JsonResponse:
     )
 
 
-def openai_error_response(exc: ApiError) -> JsonResponse:
-    return openai_error(
-        exc.message, code=exc.code, status=exc.status, param=exc.field, retry_after=exc.retry_after
-    )
-
-
 @api_endpoint(
     ChatCompletionRequestSerializer,
     render_error=openai_error_response,
@@ -218,7 +195,7 @@ def openai_error_response(exc: ApiError) -> JsonResponse:
             description="`stream: false`: a chat.completion object.",
         ),
         (200, "text/event-stream"): OpenApiResponse(
-            OpenApiTypes.STR,
+            ChatCompletionChunkEventSerializer,
             description="`stream: true`: `data: <chat.completion.chunk>` lines, the last "
             "chunk with `finish_reason`, an optional usage chunk "
             "(`stream_options.include_usage`), then `data: [DONE]`. A failure after the "
@@ -230,6 +207,23 @@ def openai_error_response(exc: ApiError) -> JsonResponse:
         },
     },
     summary="OpenAI-compatible chat completions",
+    examples=[
+        OpenApiExample(
+            "Routed, streamed",
+            value={
+                "model": "auto",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Not streamed",
+            value={"model": "auto", "messages": [{"role": "user", "content": "Say hello."}]},
+            request_only=True,
+        ),
+    ],
 )
 async def chat_completions(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
     """OpenAI's chat completions; `model: "auto"` classifies and routes. Errors use OpenAI's

@@ -82,21 +82,6 @@ def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str
         log.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_stray_connections(django_db_setup, django_db_blocker):
-    """On PostgreSQL, end sessions left by async tests' worker threads (and by the live
-    server) so pytest-django can drop the test database at the end."""
-    yield
-    with django_db_blocker.unblock():
-        if connection.vendor != "postgresql":
-            return
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-
-
 @pytest.fixture
 def keyword_classifier(settings):
     """Route with the deterministic keyword backend (no model load)."""
