@@ -170,18 +170,3 @@ class RunSerializer(serializers.ModelSerializer):
     @extend_schema_field(RunErrorSerializer(allow_null=True))
     def get_error(self, run: PipelineRun) -> dict[str, str] | None:
         return RunErrorSerializer(run).data if run.error_code else None
-
-
-# --- errors (OpenAPI) --------------------------------------------------------------------
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    field = serializers.CharField(required=False)
-
-
-class ErrorSerializer(serializers.Serializer):
-    """The one JSON error shape (documentation only)."""
-
-    error = ErrorDetailSerializer()

@@ -9,11 +9,11 @@ from rest_framework.generics import RetrieveAPIView
 from accounts.permissions import request_principal
 from pipelines.models import PipelineRun
 from pipelines.selectors import run_get
-from pipelines.serializers import ErrorSerializer, ProcessRequestSerializer, RunSerializer
+from pipelines.serializers import ProcessRequestSerializer, RunSerializer
 from pipelines.services import ProcessRequest, process_events, process_start
 from routing.streaming import event_stream_response, wants_ndjson
 from tokenflow_site.endpoints import api_endpoint
-from tokenflow_site.errors import ApiError, error_response
+from tokenflow_site.errors import ApiError, ErrorSerializer, error_response
 
 PROCESS = """
 Validates the body, then streams the run as Server-Sent Events (default) or NDJSON
