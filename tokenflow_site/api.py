@@ -24,8 +24,12 @@ def _reject_constant(name: str) -> None:
 
 
 def json_loads(raw: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity (which Python's json accepts) are malformed."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """Strict JSON: NaN and Infinity (which Python's json accepts) are malformed, and so is
+    nesting deeper than Python's recursion limit (a ValueError, not a RecursionError)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def json_object(raw: bytes | str) -> dict[str, Any]:
