@@ -19,6 +19,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
 
 from accounts.middleware import raw_api_key
 from accounts.models import ApiKey
@@ -68,6 +69,12 @@ def _session_user(scope):
     return user if user is not None and user.is_authenticated else None
 
 
+def _stale_session(scope) -> bool:
+    """The session names a user, yet no user was logged in (inactive or deleted)."""
+    session = scope.get("session")
+    return session is not None and SESSION_KEY in session
+
+
 class _SessionOriginCheck:
     """Sockets that rely on the cookie session must come from an allowed Origin; sockets
     that bring an API key (or none, to authenticate by message) skip the check."""
@@ -94,8 +101,18 @@ def scope_principal(scope) -> Principal | None:
         raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
     key, user = scope.get("api_key"), _session_user(scope)
     if key is None and user is None:
+        if _stale_session(scope):
+            # Like HTTP: a cookie naming a user who can no longer log in is a 403.
+            principal_authorize(api_key=None, user=None, stale_session=True)
         return None
     return principal_authorize(api_key=key, user=None if key else user)
+
+
+def _message_principal(raw: object) -> Principal:
+    key = api_key_authenticate(raw=raw)
+    if key is None:
+        raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
+    return principal_authorize(api_key=key, user=None)  # reads key.user: in this thread
 
 
 def principal_still_valid(principal: Principal) -> bool:
@@ -104,7 +121,8 @@ def principal_still_valid(principal: Principal) -> bool:
         key = ApiKey.objects.active().select_related("user").filter(pk=principal.api_key.pk)
         key = key.first()
         return key is not None and (key.user is None or key.user.is_active)
-    user = type(principal.user).objects.filter(pk=principal.user.pk).first()
+    # principal.user may be Channels' UserLazyObject: look the row up by pk.
+    user = get_user_model().objects.filter(pk=principal.user.pk).first()
     return user is not None and user.is_active and user.is_staff
 
 
@@ -251,15 +269,10 @@ class SocketPrincipalMixin:
             self._grace = asyncio.create_task(self._close_after_grace())
         return True
 
-    async def principal_set(self, raw: object) -> Principal | None:
-        """Authenticate by message (`{"type": "auth", "api_key": ...}`)."""
-        key = await database_sync_to_async(api_key_authenticate)(raw=raw)
-        if key is None:
-            return None
-        try:
-            self.principal = principal_authorize(api_key=key, user=None)
-        except ApiError:
-            return None
+    async def principal_set(self, raw: object) -> Principal:
+        """Authenticate by message (`{"type": "auth", "api_key": ...}`): the new Principal,
+        or ApiError 401 (unknown or revoked key) / 403 (its owner is inactive)."""
+        self.principal = await database_sync_to_async(_message_principal)(raw)
         self._cancel_grace()
         return self.principal
 

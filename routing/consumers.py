@@ -145,9 +145,10 @@ async def on_ping(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
 
 @ws_handler("auth")
 async def on_auth(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
-    principal = await consumer.principal_set(message.get("api_key"))
-    if principal is None:
-        await consumer.send_error("Invalid or revoked API key.", code="unauthorized", status=401)
+    try:
+        principal = await consumer.principal_set(message.get("api_key"))
+    except ApiError as exc:
+        await consumer.send_error(exc.message, code=exc.code, status=exc.status)
         return
     await consumer.send_json({"type": "authenticated", "api_key": principal.api_key.prefix})
 
