@@ -89,6 +89,8 @@ RAW_TEXT = [
     '{"type": "generate", "model": "MODEL", "prompt": "hi", "temperature": NaN}',
     '{"type": "generate", "model": "MODEL", "prompt": "hi", "top_p": Infinity}',
     '{"type": "generate", "model": "MODEL", "prompt": "hi", "max_tokens": -Infinity}',
+    '{"type": "generate", "model": "MODEL", "prompt": "hi", "temperature": 1e999}',
+    '{"type": "ping", "id": 1' + "0" * 5000 + "}",
     '{"type": "ping", "type": "generate"}',
     '{"type": "auth", "api_key": "\\ud800"}',
     '{"type": "generate", "model": "MODEL", "prompt": "\\udfff"}',
