@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
@@ -75,17 +75,36 @@ def _stale_session(scope) -> bool:
     return session is not None and SESSION_KEY in session
 
 
+def _origin(scope):
+    """The parsed Origin header (as Channels' OriginValidator reads it), or None."""
+    for name, value in scope.get("headers") or []:
+        if name == b"origin":
+            return urlparse(value.decode("latin-1"))
+    return None
+
+
+async def _refuse_handshake(receive, send) -> None:
+    """Close before accepting: the client sees HTTP 403. A plain ASGI answer, not Channels'
+    WebsocketDenier consumer, which would subscribe to the channel layer (a Redis BRPOP)
+    only to say no, and fail on Redis when the client goes away."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
+
+
 class _SessionOriginCheck:
-    """Sockets that rely on the cookie session must come from an allowed Origin; sockets
-    that bring an API key (or none, to authenticate by message) skip the check."""
+    """Sockets that rely on the cookie session must come from an allowed Origin (a host in
+    ALLOWED_HOSTS); sockets that bring an API key (or none, to authenticate by message)
+    skip the check."""
 
     def __init__(self, inner):
         self.inner = inner
-        self.checked = AllowedHostsOriginValidator(inner)
+        self.origins = AllowedHostsOriginValidator(inner)  # its valid_origin() rules
 
     async def __call__(self, scope, receive, send):
-        if scope.get("api_key") is None and _session_user(scope) is not None:
-            return await self.checked(scope, receive, send)
+        session_only = scope.get("api_key") is None and _session_user(scope) is not None
+        if session_only and not self.origins.valid_origin(_origin(scope)):
+            return await _refuse_handshake(receive, send)
         return await self.inner(scope, receive, send)
 
 

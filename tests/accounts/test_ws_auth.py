@@ -7,7 +7,6 @@
 - A key sees only its own batch's progress (4404 otherwise, like a missing job).
 """
 
-import asyncio
 import time
 
 import pytest
@@ -296,13 +295,13 @@ async def test_owner_key_and_staff_session_may_subscribe(key, model):
     job = await sync_to_async(make_job)(model.name, n=3, api_key=row)
     owner = ws(f"/ws/batches/{job.pk}/", (b"authorization", f"Bearer {raw}".encode()))
     staff = ws(f"/ws/batches/{job.pk}/", await session_cookie(is_staff=True), ALLOWED_ORIGIN)
-    try:
-        for communicator in (owner, staff):
+    for communicator in (owner, staff):
+        try:
             assert (await connect(communicator))[0]
             progress = await communicator.receive_json_from(timeout=TIMEOUT)
             assert progress["type"] == "progress" and progress["total"] == 3
-    finally:
-        await asyncio.gather(owner.disconnect(timeout=TIMEOUT), staff.disconnect(timeout=TIMEOUT))
+        finally:
+            await communicator.disconnect(timeout=TIMEOUT)
 
 
 async def test_batch_socket_refuses_sessions_from_a_foreign_origin(key, model):
