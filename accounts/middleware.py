@@ -7,7 +7,7 @@ from django.contrib.auth import SESSION_KEY
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from accounts.permissions import principal_authorize
+from accounts.permissions import Principal, principal_authorize
 from accounts.ratelimit import rate_limit_hit
 from accounts.selectors import api_key_authenticate
 from tokenflow_site.errors import ApiError, error_response_for
@@ -56,27 +56,34 @@ def _stale_session(request: HttpRequest, user) -> bool:
     return session is not None and SESSION_KEY in session
 
 
+def request_authorize(request: HttpRequest) -> Principal:
+    """The caller of any HTTP request: an API key from the headers (which wins over a
+    cookie) or a staff session (CSRF on unsafe methods); ApiError 401/403 otherwise.
+    The middleware calls it for /api/ and /v1/; other views (e.g. a private /metrics) too."""
+    offered, raw = raw_api_key(request.headers)
+    key = api_key_authenticate(raw=raw) if raw else None
+    if offered and key is None:
+        raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
+    user = None if offered else getattr(request, "user", None)
+    return principal_authorize(
+        api_key=key,
+        user=user,
+        method=request.method,
+        csrf_failure=_csrf_failure(request),
+        stale_session=not offered and _stale_session(request, user),
+    )
+
+
 def _authenticate(request: HttpRequest) -> HttpResponse | None:
     """Set request.principal (and request.api_key), or return the 401/403/429 response."""
     request.principal, request.api_key, request.rate_limit = None, None, None
     if not request.path.startswith(PROTECTED_PREFIXES) or request.path.startswith(PUBLIC_PATHS):
         return None
-    offered, raw = raw_api_key(request.headers)
-    key = api_key_authenticate(raw=raw) if raw else None
     try:
-        if offered and key is None:
-            raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
-        user = None if offered else getattr(request, "user", None)
-        request.principal = principal_authorize(
-            api_key=key,
-            user=user,
-            method=request.method,
-            csrf_failure=_csrf_failure(request),
-            stale_session=not offered and _stale_session(request, user),
-        )
+        request.principal = request_authorize(request)
     except ApiError as exc:
         return error_response_for(request, exc)
-    request.api_key = key
+    request.api_key = key = request.principal.api_key
     return _rate_limit(request) if key is not None else None
 
 

@@ -10,18 +10,22 @@
 """
 
 import asyncio
+from collections.abc import Iterable
 from contextlib import suppress
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
 
 from accounts.middleware import raw_api_key
 from accounts.models import ApiKey
 from accounts.permissions import Principal, principal_authorize
 from accounts.selectors import api_key_authenticate
+from tokenflow_site.api import json_loads
 from tokenflow_site.errors import ApiError
 
 
@@ -65,17 +69,42 @@ def _session_user(scope):
     return user if user is not None and user.is_authenticated else None
 
 
+def _stale_session(scope) -> bool:
+    """The session names a user, yet no user was logged in (inactive or deleted)."""
+    session = scope.get("session")
+    return session is not None and SESSION_KEY in session
+
+
+def _origin(scope):
+    """The parsed Origin header (as Channels' OriginValidator reads it), or None."""
+    for name, value in scope.get("headers") or []:
+        if name == b"origin":
+            return urlparse(value.decode("latin-1"))
+    return None
+
+
+async def _refuse_handshake(receive, send) -> None:
+    """Close before accepting: the client sees HTTP 403. A plain ASGI answer, not Channels'
+    WebsocketDenier consumer, which would subscribe to the channel layer (a Redis BRPOP)
+    only to say no, and fail on Redis when the client goes away."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
+
+
 class _SessionOriginCheck:
-    """Sockets that rely on the cookie session must come from an allowed Origin; sockets
-    that bring an API key (or none, to authenticate by message) skip the check."""
+    """Sockets that rely on the cookie session must come from an allowed Origin (a host in
+    ALLOWED_HOSTS); sockets that bring an API key (or none, to authenticate by message)
+    skip the check."""
 
     def __init__(self, inner):
         self.inner = inner
-        self.checked = AllowedHostsOriginValidator(inner)
+        self.origins = AllowedHostsOriginValidator(inner)  # its valid_origin() rules
 
     async def __call__(self, scope, receive, send):
-        if scope.get("api_key") is None and _session_user(scope) is not None:
-            return await self.checked(scope, receive, send)
+        session_only = scope.get("api_key") is None and _session_user(scope) is not None
+        if session_only and not self.origins.valid_origin(_origin(scope)):
+            return await _refuse_handshake(receive, send)
         return await self.inner(scope, receive, send)
 
 
@@ -91,8 +120,18 @@ def scope_principal(scope) -> Principal | None:
         raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
     key, user = scope.get("api_key"), _session_user(scope)
     if key is None and user is None:
+        if _stale_session(scope):
+            # Like HTTP: a cookie naming a user who can no longer log in is a 403.
+            principal_authorize(api_key=None, user=None, stale_session=True)
         return None
     return principal_authorize(api_key=key, user=None if key else user)
+
+
+def _message_principal(raw: object) -> Principal:
+    key = api_key_authenticate(raw=raw)
+    if key is None:
+        raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
+    return principal_authorize(api_key=key, user=None)  # reads key.user: in this thread
 
 
 def principal_still_valid(principal: Principal) -> bool:
@@ -101,13 +140,68 @@ def principal_still_valid(principal: Principal) -> bool:
         key = ApiKey.objects.active().select_related("user").filter(pk=principal.api_key.pk)
         key = key.first()
         return key is not None and (key.user is None or key.user.is_active)
-    user = type(principal.user).objects.filter(pk=principal.user.pk).first()
+    # principal.user may be Channels' UserLazyObject: look the row up by pk.
+    user = get_user_model().objects.filter(pk=principal.user.pk).first()
     return user is not None and user.is_active and user.is_staff
+
+
+# A client's message `id` is echoed back on every answer: keep it small and JSON-safe.
+MAX_ID_CHARS = 200
+MAX_ID_INT = 2**53  # the integers a JavaScript client reads exactly
+
+
+def _frame_bytes(text_data: str | None, bytes_data: bytes | None) -> int:
+    """The frame's size in bytes (UTF-8 for text), without encoding small frames."""
+    if text_data is None:
+        return len(bytes_data or b"")
+    if len(text_data) * 4 <= settings.TOKENFLOW_WS_MAX_MESSAGE_BYTES:
+        return len(text_data)  # cannot be over the limit
+    return len(text_data.encode("utf-8", "surrogatepass"))
+
+
+def _id_problem(value: object) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is None or -MAX_ID_INT <= value <= MAX_ID_INT:
+            return None
+        return f"'id' must be between -2**53 and 2**53 (got {len(str(value))} digits)."
+    if not isinstance(value, str):
+        return "'id' must be a string or an integer."
+    if len(value) > MAX_ID_CHARS:
+        return f"'id' is longer than {MAX_ID_CHARS} characters."
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "'id' must be valid Unicode (a lone surrogate was sent)."
+    return None
+
+
+def _bad_text(message: object) -> bool:
+    """Does any string (key or value) hold a NUL or a lone surrogate? JSON allows both
+    (`"\\u0000"`, `"\\ud800"`), but no database stores them: the HTTP serializers refuse
+    them per field, the socket refuses the whole message."""
+    stack = [message]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return True
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    return True
+    return False
 
 
 class SocketPrincipalMixin:
     """For AsyncJsonWebsocketConsumer subclasses: `self.principal`, the grace period and
-    the revocation check. Call `await self.principal_connect()` first in `connect`."""
+    the revocation check (call `await self.principal_connect()` first in `connect`), plus
+    the shared message front door: `decode_message` and `send_error`."""
 
     principal: Principal | None = None
     _grace: asyncio.Task | None = None
@@ -116,6 +210,68 @@ class SocketPrincipalMixin:
         """The WebSocket error message: `{"type": "error", code, message, status, ...}`."""
         body = {"type": "error", "code": code, "message": message, "status": status, **extra}
         await self.send_json({k: v for k, v in body.items() if v is not None})
+
+    async def send_pong(self, message: dict[str, Any]) -> None:
+        """The answer to {"type": "ping"}, its `id` echoed (both sockets)."""
+        job_id = message.get("id")
+        await self.send_json({"type": "pong", **({"id": job_id} if job_id is not None else {})})
+
+    async def decode_message(
+        self, text_data: str | None, bytes_data: bytes | None, *, types: Iterable[str]
+    ) -> dict[str, Any] | None:
+        """A frame (text, or binary holding JSON) as a message `{"type": <one of types>,
+        "id"?: str | int, ...}`, or None after an error message; the socket stays open.
+        Errors: `message_too_large` (413, over TOKENFLOW_WS_MAX_MESSAGE_BYTES),
+        `invalid_json` (malformed, NaN/Infinity, nested too deeply, not an object),
+        `invalid` (a NUL or a lone surrogate in a string),
+        `required` / `invalid_type` / `unknown_type` (field `type`), `invalid_type` (`id`)."""
+        size, limit = _frame_bytes(text_data, bytes_data), settings.TOKENFLOW_WS_MAX_MESSAGE_BYTES
+        if size > limit:
+            await self.send_error(
+                f"The message is {size} bytes; the limit is {limit}.",
+                code="message_too_large",
+                status=413,
+            )
+            return None
+        try:
+            message = json_loads(text_data if text_data is not None else bytes_data or b"")
+        except ValueError as exc:  # UnicodeDecodeError included
+            await self.send_error(f"Malformed JSON: {exc}"[:300], code="invalid_json")
+            return None
+        if not isinstance(message, dict):
+            await self.send_error("A message must be a JSON object.", code="invalid_json")
+            return None
+        if _bad_text(message):
+            await self.send_error(
+                "Strings must not contain NUL characters or lone surrogates.", code="invalid"
+            )
+            return None
+        problem = _id_problem(message.get("id"))
+        if problem is not None:
+            await self.send_error(problem, code="invalid_type", field="id")
+            return None
+        kind, job_id = message.get("type"), message.get("id")
+        if kind is None:
+            await self.send_error("'type' is required.", code="required", field="type", id=job_id)
+            return None
+        known = sorted(types)
+        if not isinstance(kind, str):
+            await self.send_error(
+                f"'type' must be a string, one of: {', '.join(known)}.",
+                code="invalid_type",
+                field="type",
+                id=job_id,
+            )
+            return None
+        if kind not in known:
+            await self.send_error(
+                f"Unknown message type {kind[:50]!r}; expected one of: {', '.join(known)}.",
+                code="unknown_type",
+                field="type",
+                id=job_id,
+            )
+            return None
+        return message
 
     async def principal_connect(self) -> bool:
         """Resolve the handshake's Principal; refused credentials get an error message and
@@ -132,19 +288,10 @@ class SocketPrincipalMixin:
             self._grace = asyncio.create_task(self._close_after_grace())
         return True
 
-    async def principal_set(self, raw: object) -> Principal | None:
-        """Authenticate by message (`{"type": "auth", "api_key": ...}`)."""
-        key = (
-            await database_sync_to_async(api_key_authenticate)(raw=raw)
-            if isinstance(raw, str) and raw
-            else None
-        )
-        if key is None:
-            return None
-        try:
-            self.principal = principal_authorize(api_key=key, user=None)
-        except ApiError:
-            return None
+    async def principal_set(self, raw: object) -> Principal:
+        """Authenticate by message (`{"type": "auth", "api_key": ...}`): the new Principal,
+        or ApiError 401 (unknown or revoked key) / 403 (its owner is inactive)."""
+        self.principal = await database_sync_to_async(_message_principal)(raw)
         self._cancel_grace()
         return self.principal
 

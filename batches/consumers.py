@@ -55,9 +55,16 @@ class BatchProgressConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
     async def batch_progress(self, event: dict) -> None:
         await self._send(event["progress"])
 
-    async def receive_json(self, content, **kwargs) -> None:
-        if isinstance(content, dict) and content.get("type") == "refresh":
-            await self._send(await _progress_for(self.principal, self.job_id), force=True)
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        """{"type": "refresh"} resends the progress now, {"type": "ping"} gets a pong;
+        anything else is an error message (the socket stays open)."""
+        message = await self.decode_message(text_data, bytes_data, types=("refresh", "ping"))
+        if message is None:
+            return
+        if message["type"] == "ping":
+            await self.send_pong(message)
+            return
+        await self._send(await _progress_for(self.principal, self.job_id), force=True)
 
     async def _poll(self) -> None:
         while True:

@@ -11,7 +11,6 @@ Message types are dispatched through MESSAGE_HANDLERS; another feature adds its 
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, suppress
@@ -75,24 +74,11 @@ class GenerateConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
         await self.stop_task()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
-        try:
-            message = json.loads(text_data if text_data is not None else bytes_data or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
-            await self.send_error(f"Malformed JSON: {exc}", code="invalid_json")
+        message = await self.decode_message(text_data, bytes_data, types=MESSAGE_HANDLERS)
+        if message is None:
             return
-        if not isinstance(message, dict):
-            await self.send_error("A message must be a JSON object.", code="invalid_json")
-            return
-        kind = message.get("type")
-        handler = MESSAGE_HANDLERS.get(kind)
-        if handler is None:
-            known = ", ".join(sorted(MESSAGE_HANDLERS))
-            await self.send_error(
-                f"Unknown message type {kind!r}; expected one of: {known}.",
-                code="unknown_type",
-                field="type",
-            )
-            return
+        kind = message["type"]
+        handler = MESSAGE_HANDLERS[kind]
         if self.principal is None and kind not in PUBLIC_TYPES:
             await self.send_error(
                 'Authenticate first: {"type": "auth", "api_key": "..."}.',
@@ -154,14 +140,15 @@ class GenerateConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
 
 @ws_handler("ping")
 async def on_ping(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
-    await consumer.send_json({"type": "pong"})
+    await consumer.send_pong(message)
 
 
 @ws_handler("auth")
 async def on_auth(consumer: GenerateConsumer, message: dict[str, Any]) -> None:
-    principal = await consumer.principal_set(message.get("api_key"))
-    if principal is None:
-        await consumer.send_error("Invalid or revoked API key.", code="unauthorized", status=401)
+    try:
+        principal = await consumer.principal_set(message.get("api_key"))
+    except ApiError as exc:
+        await consumer.send_error(exc.message, code=exc.code, status=exc.status)
         return
     await consumer.send_json({"type": "authenticated", "api_key": principal.api_key.prefix})
 

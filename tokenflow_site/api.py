@@ -23,9 +23,21 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:30]} is too large for a number")
+    return value
+
+
 def json_loads(raw: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity (which Python's json accepts) are malformed."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """Strict JSON: NaN and Infinity (which Python's json accepts) are malformed, and so are
+    numbers that overflow to infinity (1e999) and nesting deeper than Python's recursion
+    limit (a ValueError, not a RecursionError)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def json_object(raw: bytes | str) -> dict[str, Any]:

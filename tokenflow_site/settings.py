@@ -418,6 +418,11 @@ if env_bool("TOKENFLOW_BATCH_WORKER", True):
 TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
+# Largest WebSocket message a consumer parses (bytes, UTF-8); bigger ones get an error
+# `message_too_large`. 2 MiB holds a TOKENFLOW_MAX_INPUT_CHARS prompt even \u-escaped.
+TOKENFLOW_WS_MAX_MESSAGE_BYTES = int(
+    os.environ.get("TOKENFLOW_WS_MAX_MESSAGE_BYTES", 2 * 1024 * 1024)
+)
 # Most messages one generation request may carry.
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
 # Which environment variables a model row may name as its key (fnmatch patterns); server

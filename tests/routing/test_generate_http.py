@@ -256,7 +256,7 @@ async def test_metrics_count_generations(client):
 
 async def test_metrics_can_be_private(settings):
     settings.TOKENFLOW_METRICS_PUBLIC = False
-    assert (await AsyncClient().get("/metrics")).status_code == 403
+    assert (await AsyncClient().get("/metrics")).status_code == 401  # no credentials
 
 
 async def test_sse_concurrent_streams_all_complete(client):

@@ -28,6 +28,13 @@ class Command(BaseCommand):
                 # Hundreds of sockets opening at once outlast daphne's 5 s handshake default.
                 "--websocket_connect_timeout",
                 "60",
+                # daphne drops the connection beyond its own limit (1 MiB by default); keep
+                # it above TOKENFLOW_WS_MAX_MESSAGE_BYTES so that clients get the consumers'
+                # clear `message_too_large` error up to twice that size.
+                "--websocket-max-message-size",
+                str(2 * settings.TOKENFLOW_WS_MAX_MESSAGE_BYTES),
+                "--websocket-max-frame-size",
+                str(2 * settings.TOKENFLOW_WS_MAX_MESSAGE_BYTES),
                 "tokenflow_site.asgi:application",
             ],
             *[manage + list(sidecar) for sidecar in settings.TOKENFLOW_SIDECARS],
