@@ -16,7 +16,7 @@ from django.db import transaction
 
 from routing.classifiers import get_classifier
 from routing.classifiers.base import Category
-from routing.models import CategoryExample, RouterHead
+from routing.models import RouterHead
 from routing.services.routes import routing_table
 from tokenflow_site.errors import ApiError
 
@@ -174,7 +174,3 @@ def router_train(
             },
         )
     return head, result
-
-
-def example_count() -> int:
-    return CategoryExample.objects.count()

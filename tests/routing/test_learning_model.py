@@ -57,7 +57,8 @@ def test_train_router_stores_a_versioned_head_used_for_the_table(minilm, client,
         call_command("train_router", "--folds", "3", "--force", stdout=handle)
     report = out.read_text()
     head = RouterHead.objects.get()
-    assert head.active and sorted(head.labels) == sorted(labels) and head.examples == 36 and head.folds == 3
+    assert head.active and sorted(head.labels) == sorted(labels)
+    assert head.examples == 36 and head.folds == 3
     assert 0.5 < head.cv_accuracy <= 1 and 0 <= head.zero_shot_accuracy <= 1
     assert "3-fold CV accuracy: head" in report and f"router v{head.pk}" in report
     body = client.post(
