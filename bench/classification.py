@@ -1,6 +1,15 @@
-"""Benchmark the default (MiniLM embedding) zero-shot classifier.
+"""Benchmark the default (MiniLM embedding) zero-shot classifier and the learning router.
 
-    .venv/bin/python bench/classification.py        (make bench-classify)
+    .venv/bin/python bench/classification.py              (make bench-classify)
+    .venv/bin/python bench/classification.py --learning   (only the learning-router part)
+
+Learning router (issue 12): bench/data/routing.jsonl, 180 hand-written prompts in 6
+everyday categories (30 each) with one-sentence descriptions in
+bench/data/routing_categories.json, split per category with a fixed seed into 5 example
+utterances and 25 held-out test prompts. Reports held-out accuracy with bare labels,
+descriptions only, descriptions + 5 examples, a trained head on the 5 examples, their
+calibration error, p50 latency for one prompt x 6 categories x 5 examples, and the
+trained router's 5-fold cross-validated accuracy against zero-shot on the same folds.
 
 Reports accuracy on bench/data/classification.jsonl with bare labels and with the
 descriptions of bench/data/classification_categories.json, the prompts that fail,
@@ -10,6 +19,7 @@ and throughput (one prompt per call, and batched). Writes bench/results/classifi
 
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -60,7 +70,129 @@ def timed(fn, repeat: int) -> list[float]:
     return times
 
 
+def split(rows, labels, seed: int, k: int = 5):
+    """Per category, a seeded shuffle: the first k are examples, the rest held out."""
+    rng = random.Random(seed)
+    examples, test = [], []
+    for label in labels:
+        members = [r for r in rows if r["label"] == label]
+        rng.shuffle(members)
+        examples += members[:k]
+        test += members[k:]
+    return examples, test
+
+
+def learning(classifier) -> None:
+    from routing.classifiers.embedding import LinearHead
+    from routing.services.evaluation import expected_calibration_error
+    from routing.services.training import cross_validate, fit_head
+
+    rows = [json.loads(line) for line in (DATA / "routing.jsonl").open()]
+    described = json.loads((DATA / "routing_categories.json").read_text())
+    labels = list(described)
+    say("## Learning router (issue 12)")
+    say(
+        f"data: bench/data/routing.jsonl, {len(rows)} prompts, {len(labels)} categories "
+        f"({', '.join(labels)}); per category 5 examples + 25 held-out (seeded split)"
+    )
+
+    def run(categories, test, head=None):
+        results = classifier.classify_many([r["prompt"] for r in test], categories, head=head)
+        tops = [r.ranked()[0] for r in results]
+        hits = [top == row["label"] for (top, _), row in zip(tops, test, strict=True)]
+        ece = expected_calibration_error([c for _, c in tops], hits)
+        return sum(hits) / len(test), ece
+
+    table: dict[str, list[float]] = {}
+    eces: dict[str, float] = {}
+    for seed in range(5):
+        examples, test = split(rows, labels, seed)
+        texts = {lab: tuple(r["prompt"] for r in examples if r["label"] == lab) for lab in labels}
+        bare = [Category(lab) for lab in labels]
+        descriptions = [Category(lab, described[lab]) for lab in labels]
+        variants = {
+            "bare labels": (bare, None),
+            "descriptions only": (descriptions, None),
+            "bare labels + 5 examples": ([Category(lab, "", texts[lab]) for lab in labels], None),
+            "descriptions + 5 examples": (
+                [Category(lab, described[lab], texts[lab]) for lab in labels],
+                None,
+            ),
+        }
+        x = classifier.example_vectors([r["prompt"] for r in examples])
+        y = np.array([labels.index(r["label"]) for r in examples])
+        weights, bias = fit_head(x, y, len(labels))
+        variants["trained head on the 5 examples"] = (
+            variants["descriptions + 5 examples"][0],
+            LinearHead(labels, weights, bias),
+        )
+        for name, (categories, head) in variants.items():
+            acc, ece = run(categories, test, head)
+            table.setdefault(name, []).append(acc)
+            if seed == 0:
+                eces[name] = ece
+    say("held-out accuracy (150 prompts), seed 0 | mean of seeds 0-4 | ECE (seed 0):")
+    for name, values in table.items():
+        say(
+            f"  {name:32s} {values[0]:.1%} | {statistics.mean(values):.1%} "
+            f"(min {min(values):.1%}, max {max(values):.1%}) | ECE {eces[name]:.3f}"
+        )
+
+    # Trained router: 5-fold CV on all 180 labelled prompts, head vs zero-shot
+    # (descriptions + the training folds' examples), the same folds (train_router's code).
+    descriptions = [Category(lab, described[lab]) for lab in labels]
+    y = np.array([labels.index(r["label"]) for r in rows])
+    cv = cross_validate(classifier, descriptions, [r["prompt"] for r in rows], y, 5)
+    say(
+        f"trained router, 5-fold CV on {len(rows)} examples: head {cv.cv_accuracy:.1%}, "
+        f"zero-shot {cv.zero_shot_accuracy:.1%} (same folds; folds "
+        + ", ".join(f"{h:.0%}/{z:.0%}" for h, z in cv.fold_accuracies)
+        + ")"
+    )
+
+    examples, _ = split(rows, labels, 0)
+    five = [
+        Category(lab, described[lab], tuple(r["prompt"] for r in examples if r["label"] == lab))
+        for lab in labels
+    ]
+    prompt = "Can you help me write a function that removes duplicates from a list?"
+    head = variants["trained head on the 5 examples"][1]
+    torch.set_num_threads(1)
+    for name, options in (("descriptions + 5 examples", {}), ("+ trained head", {"head": head})):
+        timed(lambda o=options: classifier.classify(prompt, five, **o), 10)
+        cpu_started = time.process_time()
+        times = timed(lambda o=options: classifier.classify(prompt, five, **o), 100)
+        cpu_ms = (time.process_time() - cpu_started) * 1000 / 100
+        say(
+            f"latency, 1 prompt x 6 categories x 5 examples, {name}, 1 thread: p50 "
+            f"{statistics.median(times):.1f} ms, p90 {sorted(times)[89]:.1f} ms (CPU "
+            f"{cpu_ms:.1f} ms per call; load average {os.getloadavg()[0]:.1f})"
+        )
+    texts = [r["prompt"] for r in rows]
+    for max_batch in (1, 16):
+        settings.TOKENFLOW_CLASSIFIER_MAX_BATCH = max_batch
+        with ThreadPoolExecutor(8) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda t: classifier.classify(t, five), texts))
+            spent = time.perf_counter() - started
+        label = "off" if max_batch == 1 else f"up to {max_batch}"
+        say(
+            f"  8 concurrent callers, 5 examples per category, request batching {label}: "
+            f"{len(texts) / spent:.0f} prompts/s"
+        )
+    say()
+
+
 def main() -> None:
+    if "--learning" in sys.argv:
+        classifier = EmbeddingClassifier()
+        classifier.load()
+        say(f"# Learning-router benchmark ({classifier.engine_name}, fp32)")
+        learning(classifier)
+        out = RESULTS.with_name("classification_learning.txt")
+        out.write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {out.relative_to(ROOT)}")
+        return
     rows = [json.loads(line) for line in (DATA / "classification.jsonl").open()]
     described = json.loads((DATA / "classification_categories.json").read_text())
     with_descriptions = [Category(label, text) for label, text in described.items()]
@@ -152,6 +284,8 @@ def main() -> None:
                 f"  throughput, 8 concurrent callers, request batching {label}: "
                 f"{len(texts) * 2 / spent:.0f} prompts/s"
             )
+    say()
+    learning(classifier)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(ROOT)}")

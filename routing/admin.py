@@ -1,6 +1,33 @@
-from django.contrib import admin
+import csv
+import io
+import json
 
-from routing.models import CategoryRoute, Classification, Generation, ModelRanking, Prompt
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from routing.classifiers.cache import routes_changed
+from routing.models import (
+    MAX_EXAMPLE_CHARS,
+    CategoryExample,
+    CategoryRoute,
+    Classification,
+    Generation,
+    ModelRanking,
+    Prompt,
+    RouterHead,
+    example_key,
+)
+from routing.services.feedback import feedback_apply, feedback_report
+from tokenflow_site.errors import ApiError
+
+MAX_IMPORT_BYTES = 5 * 1024 * 1024
+MAX_IMPORT_ROWS = 20_000
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -39,6 +66,62 @@ class ModelRankingAdmin(admin.ModelAdmin):
     inlines = [CategoryRouteInline]
 
 
+class CategoryExampleFormSet(BaseInlineFormSet):
+    """Examples belong to the category (shared by all its routes), not to one route: the
+    inline lists every example of the route's category and files new ones under it."""
+
+    def get_queryset(self):
+        if self.instance.pk is None:
+            return CategoryExample.objects.none()
+        return CategoryExample.objects.filter(category=self.instance.category).order_by(
+            "-created_at", "-pk"
+        )
+
+    def clean(self):
+        super().clean()
+        seen = set()
+        for form in self.forms:
+            if not form.cleaned_data or form.cleaned_data.get("DELETE"):
+                continue
+            text = (form.cleaned_data.get("text") or "").strip()
+            if not text:
+                form.add_error("text", "An example must not be empty.")
+                continue
+            key = example_key(text)
+            duplicate = key in seen or (
+                CategoryExample.objects.filter(category=self.instance.category, key=key)
+                .exclude(pk=form.instance.pk)
+                .exists()
+            )
+            if duplicate:
+                form.add_error("text", "This category already has this example.")
+            seen.add(key)
+
+    def save_new(self, form, commit=True):
+        form.instance.category = self.instance.category
+        form.instance.created_by = getattr(self, "user", None)
+        return super().save_new(form, commit=commit)
+
+    def save_existing(self, form, obj, commit=True):
+        obj.category = self.instance.category
+        return super().save_existing(form, obj, commit=commit)
+
+
+class CategoryExampleInline(admin.TabularInline):
+    model = CategoryExample
+    formset = CategoryExampleFormSet
+    fk_name = "route"
+    extra = 1
+    fields = ["text", "source", "created_at"]
+    readonly_fields = ["created_at"]
+    verbose_name = "example utterance (shared by every route of this category)"
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)
+        formset.user = request.user
+        return formset
+
+
 @admin.register(CategoryRoute)
 class CategoryRouteAdmin(admin.ModelAdmin):
     list_display = ["category", "model", "priority", "enabled", "description", "updated_at"]
@@ -47,6 +130,215 @@ class CategoryRouteAdmin(admin.ModelAdmin):
     search_fields = ["category", "description", "model__name"]
     list_select_related = ["model"]
     date_hierarchy = "created_at"
+    inlines = [CategoryExampleInline]
+
+
+class ExampleImportForm(forms.Form):
+    file = forms.FileField(
+        help_text='JSONL lines {"category", "text"} (or "label"/"prompt"), or CSV with a '
+        "header row category,text. Up to 5 MB."
+    )
+
+
+def parse_examples(name: str, data: bytes) -> tuple[list[tuple[str, str]], list[str]]:
+    """(rows, errors) of an uploaded JSONL or CSV file; errors name the line."""
+    rows, errors = [], []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return [], ["the file is not UTF-8 text."]
+    if name.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        records = [(index + 2, record) for index, record in enumerate(reader)]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                errors.append(f"line {number}: not JSON ({exc.msg}).")
+    if len(records) > MAX_IMPORT_ROWS:
+        return [], [f"{len(records)} rows; the limit is {MAX_IMPORT_ROWS}."]
+    for number, record in records:
+        if not isinstance(record, dict):
+            errors.append(f"line {number}: not an object.")
+            continue
+        category = record.get("category", record.get("label"))
+        example = record.get("text", record.get("prompt"))
+        if not isinstance(category, str) or not category.strip():
+            errors.append(f"line {number}: 'category' is missing or empty.")
+        elif not _is_slug(category):
+            errors.append(f"line {number}: category {category!r} is not a slug.")
+        elif not isinstance(example, str) or not example.strip():
+            errors.append(f"line {number}: 'text' is missing or empty.")
+        elif len(example.strip()) > MAX_EXAMPLE_CHARS or "\x00" in example:
+            errors.append(f"line {number}: 'text' is over {MAX_EXAMPLE_CHARS} characters.")
+        else:
+            rows.append((category.strip(), example.strip()))
+    return rows, errors
+
+
+def _is_slug(value: str) -> bool:
+    try:
+        forms.SlugField().clean(value.strip())
+    except ValidationError:
+        return False
+    return len(value.strip()) <= 100
+
+
+def examples_import(rows: list[tuple[str, str]], *, user=None) -> tuple[int, int]:
+    """(created, skipped duplicates), in one transaction."""
+    created = skipped = 0
+    with transaction.atomic():
+        for category, text in rows:
+            key = example_key(text)
+            if CategoryExample.objects.filter(category=category, key=key).exists():
+                skipped += 1
+                continue
+            CategoryExample.objects.create(
+                category=category, text=text, source=CategoryExample.Source.IMPORT, created_by=user
+            )
+            created += 1
+    routes_changed()
+    return created, skipped
+
+
+def train_router_action(modeladmin, request, queryset):
+    """Train a new router head on every example (the selection does not matter)."""
+    from routing.services.training import router_train
+
+    try:
+        head, result = router_train(user=request.user)
+    except ApiError as exc:
+        modeladmin.message_user(request, exc.message, messages.ERROR)
+        return
+    verdict = "active" if head.active else "kept inactive (zero-shot is as good)"
+    modeladmin.message_user(
+        request,
+        f"Router v{head.pk}: {result.folds}-fold CV accuracy {result.cv_accuracy:.1%} vs "
+        f"zero-shot {result.zero_shot_accuracy:.1%} on {result.examples} examples; {verdict}.",
+        messages.SUCCESS if head.active else messages.WARNING,
+    )
+
+
+train_router_action.short_description = "Train the router on all examples"
+
+
+@admin.register(CategoryExample)
+class CategoryExampleAdmin(admin.ModelAdmin):
+    list_display = ["category", "short_text", "source", "classification", "created_at"]
+    list_filter = ["category", "source", "created_at"]
+    search_fields = ["text", "category"]
+    fields = ["category", "text", "source", "route", "classification", "created_by"]
+    readonly_fields = ["classification", "created_by"]
+    raw_id_fields = ["route"]
+    actions = [train_router_action]
+    change_list_template = "admin/routing/categoryexample/change_list.html"
+
+    @admin.display(description="text")
+    def short_text(self, obj):
+        return obj.text[:100]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def get_urls(self):
+        return [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="routing_categoryexample_import",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_view(self, request):
+        if not self.has_add_permission(request):
+            return HttpResponseRedirect(reverse("admin:index"))
+        form = ExampleImportForm(request.POST or None, request.FILES or None)
+        errors: list[str] = []
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            if upload.size > MAX_IMPORT_BYTES:
+                errors = [f"The file is {upload.size} bytes; the limit is {MAX_IMPORT_BYTES}."]
+            else:
+                rows, errors = parse_examples(upload.name, upload.read())
+                if not rows and not errors:
+                    errors = ["The file has no examples."]
+            if not errors:  # all or nothing
+                created, skipped = examples_import(rows, user=request.user)
+                self.message_user(
+                    request,
+                    f"Imported {created} examples; skipped {skipped} duplicates.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:routing_categoryexample_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import example utterances",
+            "form": form,
+            "errors": errors[:50],
+            "error_count": len(errors),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/routing/categoryexample/import.html", context)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "feedback_report": str(feedback_report())}
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(RouterHead)
+class RouterHeadAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "active",
+        "cv_accuracy",
+        "zero_shot_accuracy",
+        "examples",
+        "folds",
+        "engine",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = ["active", "engine"]
+    readonly_fields = [
+        "engine",
+        "labels",
+        "dim",
+        "examples",
+        "folds",
+        "cv_accuracy",
+        "zero_shot_accuracy",
+        "report",
+        "created_by",
+        "created_at",
+    ]
+    exclude = ["weights", "bias"]
+    actions = [train_router_action, "activate", "deactivate"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Use this head (deactivates the others)")
+    def activate(self, request, queryset):
+        head = queryset.order_by("-pk").first()
+        if head is None:
+            return
+        with transaction.atomic():
+            RouterHead.objects.exclude(pk=head.pk).update(active=False)
+            RouterHead.objects.filter(pk=head.pk).update(active=True)
+        routes_changed()
+        self.message_user(request, f"Router v{head.pk} is active.")
+
+    @admin.action(description="Stop using these heads (zero-shot)")
+    def deactivate(self, request, queryset):
+        queryset.update(active=False)
+        routes_changed()
 
 
 @admin.register(Prompt)
@@ -61,20 +353,103 @@ class PromptAdmin(ReadOnlyAdmin):
         return obj.text[:100]
 
 
+class CorrectionForm(forms.Form):
+    category = forms.CharField(max_length=100)
+
+
+class ClassificationChangeForm(forms.ModelForm):
+    """Only the correction is editable: one of the classification's own categories."""
+
+    feedback_category = forms.ChoiceField(required=False, label="Correct category")
+
+    class Meta:
+        model = Classification
+        fields = ["feedback_category"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        labels = self.instance.labels() if self.instance.pk else []
+        self.fields["feedback_category"].choices = [("", "---------")] + [
+            (label, label) for label in labels
+        ]
+
+
 @admin.register(Classification)
-class ClassificationAdmin(ReadOnlyAdmin):
+class ClassificationAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "top_category",
+        "feedback_category",
         "confidence",
         "engine",
         "multi_label",
         "duration_ms",
         "created_at",
     ]
-    list_filter = ["top_category", "engine", "multi_label", "created_at"]
+    list_filter = ["top_category", "feedback_category", "engine", "multi_label", "created_at"]
     search_fields = ["prompt__text", "top_category"]
     date_hierarchy = "created_at"
+    form = ClassificationChangeForm
+    readonly_fields = [
+        "prompt",
+        "api_key",
+        "engine",
+        "categories",
+        "multi_label",
+        "top_category",
+        "confidence",
+        "scores",
+        "duration_ms",
+        "feedback_source",
+        "feedback_at",
+        "created_at",
+    ]
+    actions = ["correct"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        category = form.cleaned_data.get("feedback_category")
+        if category and form.has_changed():
+            feedback_apply(obj, category, source="staff", user=request.user)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "feedback_report": str(feedback_report())}
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Correct the category of the selected classifications")
+    def correct(self, request, queryset):
+        queryset = queryset.select_related("prompt")
+        labels = sorted({label for row in queryset for label in row.labels()})
+        if "apply" in request.POST:
+            form = CorrectionForm(request.POST)
+            if form.is_valid():
+                category, done, refused = form.cleaned_data["category"], 0, []
+                for row in queryset:
+                    try:
+                        feedback_apply(row, category, source="staff", user=request.user)
+                        done += 1
+                    except ApiError:
+                        refused.append(str(row.pk))
+                self.message_user(request, f"Corrected {done} classifications to {category!r}.")
+                if refused:
+                    self.message_user(
+                        request,
+                        f"{category!r} is not a category of classifications "
+                        f"{', '.join(refused)}: left unchanged.",
+                        messages.WARNING,
+                    )
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Correct classifications",
+            "queryset": queryset,
+            "labels": labels,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/routing/classification/correct.html", context)
 
 
 @admin.register(Generation)

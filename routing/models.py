@@ -2,6 +2,7 @@
 
 import hashlib
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -143,6 +144,11 @@ class Classification(models.Model):
     confidence = models.FloatField()
     scores = models.JSONField(default=list)
     duration_ms = models.FloatField(default=0)
+    feedback_category = models.CharField(
+        max_length=100, blank=True, db_index=True, help_text="The right label, as corrected."
+    )
+    feedback_source = models.CharField(max_length=10, blank=True, help_text="key or staff")
+    feedback_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -155,6 +161,9 @@ class Classification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.top_category} ({self.confidence:.2f})"
+
+    def labels(self) -> list[str]:
+        return [c["category"] for c in self.categories]
 
 
 class Generation(models.Model):
@@ -223,3 +232,89 @@ class Generation(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.model_name} {self.status}"
+
+
+MAX_EXAMPLE_CHARS = 1000
+
+
+def example_key(text: str) -> str:
+    """The de-duplication key of an example: case- and whitespace-insensitive."""
+    return hashlib.sha256(" ".join(text.casefold().split()).encode()).hexdigest()
+
+
+class CategoryExample(models.Model):
+    """An example utterance of a routing-table category (shared by the category's routes)."""
+
+    class Source(models.TextChoices):
+        STAFF = "staff", "Staff"
+        CORRECTION = "correction", "Correction"
+        IMPORT = "import", "Import"
+
+    category = models.SlugField(max_length=100, db_index=True)
+    text = models.CharField(max_length=MAX_EXAMPLE_CHARS)
+    key = models.CharField(max_length=64, editable=False)
+    source = models.CharField(max_length=12, choices=Source.choices, default=Source.STAFF)
+    route = models.ForeignKey(
+        CategoryRoute,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="examples",
+        help_text="The route it was added on in the admin (examples belong to the category).",
+    )
+    classification = models.ForeignKey(
+        Classification,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="examples",
+        help_text="The corrected classification (source: correction).",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["category", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["category", "key"], name="example_category_text_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category}: {self.text[:60]}"
+
+    def save(self, *args, **kwargs):
+        self.text = self.text.strip()
+        self.key = example_key(self.text)
+        super().save(*args, **kwargs)
+
+
+class RouterHead(models.Model):
+    """A trained router: a linear head over the classifier's prompt embeddings, one row per
+    training run (the pk is the version). The newest active head is used by every process."""
+
+    engine = models.CharField(max_length=100, help_text="The embedding model it was trained on.")
+    labels = models.JSONField(default=list)
+    weights = models.BinaryField(help_text="float32 labels x dim, row-major.")
+    bias = models.JSONField(default=list)
+    dim = models.PositiveIntegerField()
+    examples = models.PositiveIntegerField(default=0)
+    folds = models.PositiveIntegerField(default=0)
+    cv_accuracy = models.FloatField(help_text="k-fold cross-validated accuracy of the head.")
+    zero_shot_accuracy = models.FloatField(help_text="Zero-shot accuracy on the same folds.")
+    active = models.BooleanField(default=False, db_index=True)
+    report = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"router v{self.pk} ({state}, cv {self.cv_accuracy:.1%})"

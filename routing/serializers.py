@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from compression.serializers import CompressOptionsSerializer
 from routing.classifiers.base import Category
-from routing.models import Classification, Generation, ModelRanking
+from routing.models import MAX_EXAMPLE_CHARS, Classification, Generation, ModelRanking
 from routing.services.generation import GenerationParams, GenerationRequest
 from tokenflow_site.api import (
     LargeTextField,
@@ -158,6 +158,11 @@ CATEGORY_SCHEMA = {
             "properties": {
                 "name": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS},
                 "description": {"type": "string", "maxLength": MAX_DESCRIPTION_CHARS},
+                "examples": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_EXAMPLE_CHARS},
+                    "description": "Example utterances (at most TOKENFLOW_MAX_EXAMPLES).",
+                },
             },
             "required": ["name"],
         },
@@ -169,13 +174,20 @@ CATEGORY_SCHEMA = {
     {"type": "array", "items": CATEGORY_SCHEMA, "minItems": 2, "uniqueItems": True}
 )
 class CategoriesField(serializers.Field):
-    """`possible_categories`: labels or {name, description?} objects, 2 to
-    TOKENFLOW_MAX_CATEGORIES of them, no duplicates (case-insensitive)."""
+    """`possible_categories`: labels or {name, description?, examples?} objects, 2 to
+    TOKENFLOW_MAX_CATEGORIES of them, no duplicates (case-insensitive); examples: up to
+    TOKENFLOW_MAX_EXAMPLES non-empty, distinct strings of up to 1000 characters."""
 
     default_error_messages = {
-        "invalid": "must be a list of labels or {{name, description?}} objects.",
-        "item": "[{index}] must be a non-empty string or an object {{name, description?}} "
-        "of strings (names up to {label} characters, descriptions up to {description}).",
+        "invalid": "must be a list of labels or {{name, description?, examples?}} objects.",
+        "item": "[{index}] must be a non-empty string or an object {{name, description?, "
+        "examples?}} (names up to {label} characters, descriptions up to {description}).",
+        "examples": "[{index}].examples must be a list of strings.",
+        "too_many_examples": "[{index}].examples has {count} examples; the limit is {limit} "
+        "(TOKENFLOW_MAX_EXAMPLES).",
+        "example": "[{index}].examples[{position}] must be a non-empty string of at most "
+        "{limit} characters.",
+        "duplicate_example": "[{index}].examples[{position}] repeats an earlier example.",
         "too_many_categories": "has {count} categories; the limit is {limit}.",
         "too_few_categories": "needs at least 2 categories.",
         "duplicate_category": "lists {label!r} more than once.",
@@ -202,8 +214,33 @@ class CategoriesField(serializers.Field):
             if category.label.casefold() in seen:
                 self.fail("duplicate_category", label=category.label)
             seen.add(category.label.casefold())
+            if isinstance(item, dict) and item.get("examples") is not None:
+                category = Category(
+                    category.label, category.description, self._examples(index, item["examples"])
+                )
             categories.append(category)
         return categories
+
+    def _examples(self, index: int, examples: Any) -> tuple[str, ...]:
+        if not isinstance(examples, list):
+            self.fail("examples", index=index)
+        limit = settings.TOKENFLOW_MAX_EXAMPLES
+        if len(examples) > limit:
+            self.fail("too_many_examples", index=index, count=len(examples), limit=limit)
+        texts, seen = [], set()
+        for position, example in enumerate(examples):
+            if (
+                not isinstance(example, str)
+                or not example.strip()
+                or len(example) > MAX_EXAMPLE_CHARS
+            ):
+                self.fail("example", index=index, position=position, limit=MAX_EXAMPLE_CHARS)
+            key = " ".join(example.casefold().split())
+            if key in seen:
+                self.fail("duplicate_example", index=index, position=position)
+            seen.add(key)
+            texts.append(text_check(example.strip()))
+        return tuple(texts)
 
     @staticmethod
     def _category(item: Any) -> Category | None:
@@ -221,7 +258,10 @@ class CategoriesField(serializers.Field):
         return Category(label, description.strip())
 
     def to_representation(self, value):
-        return [{"name": c.label, "description": c.description} for c in value]
+        return [
+            {"name": c.label, "description": c.description, "examples": list(c.examples)}
+            for c in value
+        ]
 
 
 # --- requests ----------------------------------------------------------------------------
@@ -234,7 +274,8 @@ class ClassifyRequestSerializer(serializers.Serializer):
     possible_categories = CategoriesField(
         required=False,
         allow_null=True,
-        help_text='Labels, or {"name", "description"} objects; default: the routing table.',
+        help_text='Labels, or {"name", "description"?, "examples"?} objects; default: the '
+        "routing table (its descriptions, examples and trained router).",
     )
     multi_label = StrictBooleanField(required=False, default=False)
 
@@ -376,8 +417,23 @@ class ClassificationSerializer(serializers.ModelSerializer):
             "categories",
             "duration_ms",
             "prompt",
+            "feedback_category",
+            "feedback_at",
             "created_at",
         ]
+
+
+class FeedbackRequestSerializer(serializers.Serializer):
+    """The body of POST /api/classifications/<id>/feedback."""
+
+    category = StrictCharField(
+        max_length=MAX_LABEL_CHARS, help_text="The right label: one of the classification's."
+    )
+
+    def validate_category(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("must not be empty.", code="blank")
+        return value.strip()
 
 
 class GenerationSerializer(serializers.ModelSerializer):

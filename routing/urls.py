@@ -1,6 +1,11 @@
 from django.urls import path
 
-from routing.views.classify import ClassificationDetail, ClassificationList, ClassifyView
+from routing.views.classify import (
+    ClassificationDetail,
+    ClassificationFeedback,
+    ClassificationList,
+    ClassifyView,
+)
 from routing.views.generate import generate, models_select
 from routing.views.generations import GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
@@ -10,6 +15,11 @@ urlpatterns = [
     path("classify", ClassifyView.as_view(), name="classify"),
     path("classifications", ClassificationList.as_view(), name="classification-list"),
     path("classifications/<int:pk>", ClassificationDetail.as_view(), name="classification-detail"),
+    path(
+        "classifications/<int:pk>/feedback",
+        ClassificationFeedback.as_view(),
+        name="classification-feedback",
+    ),
     path("models/select", models_select, name="models-select"),
     path("generate", generate, name="generate"),
     path("generations", GenerationList.as_view(), name="generation-list"),

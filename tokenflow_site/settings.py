@@ -362,6 +362,10 @@ TOKENFLOW_CLASSIFIER_THREADS = int(os.environ.get("TOKENFLOW_CLASSIFIER_THREADS"
 # Concurrent classifications share one forward pass, up to this many prompts (1 = off).
 TOKENFLOW_CLASSIFIER_MAX_BATCH = int(os.environ.get("TOKENFLOW_CLASSIFIER_MAX_BATCH", 16))
 TOKENFLOW_MAX_CATEGORIES = int(os.environ.get("TOKENFLOW_MAX_CATEGORIES", 20))
+# Example utterances one request may give per category (possible_categories[].examples).
+TOKENFLOW_MAX_EXAMPLES = int(os.environ.get("TOKENFLOW_MAX_EXAMPLES", 10))
+# Newest routing-table examples per category the classifier compares a prompt with.
+TOKENFLOW_MAX_TABLE_EXAMPLES = int(os.environ.get("TOKENFLOW_MAX_TABLE_EXAMPLES", 200))
 # Used when a category has no route, and as the last fallback of every route.
 TOKENFLOW_DEFAULT_MODEL = os.environ.get("TOKENFLOW_DEFAULT_MODEL", "local/smollm2-135m-instruct")
 

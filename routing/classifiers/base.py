@@ -5,10 +5,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Category:
-    """A label and the text the classifier compares the prompt with (may be empty)."""
+    """A label, the text the classifier compares the prompt with (may be empty), and
+    example utterances of the category (may be none)."""
 
     label: str
     description: str = ""
+    examples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class Classifier:
 
     def load(self) -> None:
         """Load weights now (otherwise the first `classify` does); idempotent, thread-safe."""
+
+    #: Backends that can apply a trained RouterHead (see routing.services.training).
+    supports_head: bool = False
 
     def classify(
         self, prompt: str, categories: list[Category], *, multi_label: bool = False

@@ -13,23 +13,36 @@ from asgiref.sync import sync_to_async
 from accounts.models import ApiKey
 from routing.classifiers import Category, ClassifierResult, get_classifier
 from routing.models import Classification, Prompt
-from routing.services.routes import routing_categories
+from routing.services.routes import routing_table
 from tokenflow_site.errors import ApiError
 
 
 def categories_resolve(categories: list[Category] | None) -> list[Category]:
-    """The caller's categories, or the routing table's enabled ones with descriptions."""
+    """The caller's categories (bare labels the routing table knows take its description
+    and examples), or the routing table's enabled ones with descriptions and examples."""
+    return _resolve(categories)[0]
+
+
+def _resolve(categories: list[Category] | None):
+    """(categories, trained head or None): the head only for the routing table's own."""
+    table = routing_table()
     if categories:
-        return categories
-    categories = routing_categories()
-    if not categories:
+        return table.expand(categories), None
+    if not table.categories:
         raise ApiError(
             "The routing table has no enabled category: pass 'possible_categories' or add "
             "routes in the admin.",
             code="no_categories",
             status=503,
         )
-    return categories
+    return list(table.categories), (table.head, table.head_engine)
+
+
+def _category_record(category: Category) -> dict:
+    record = {"category": category.label, "description": category.description}
+    if category.examples:
+        record["examples"] = len(category.examples)  # how many, not the texts
+    return record
 
 
 def _save(
@@ -56,7 +69,7 @@ def _save(
         prompt=prompt_row,
         api_key=api_key,
         engine=engine,
-        categories=[{"category": c.label, "description": c.description} for c in categories],
+        categories=[_category_record(c) for c in categories],
         multi_label=multi_label,
         top_category=top,
         confidence=min(max(confidence, 0.0), 1.0),
@@ -65,11 +78,17 @@ def _save(
     )
 
 
-def _classify(prompt: str, categories: list[Category], multi_label: bool):
+def _classify(prompt: str, categories: list[Category], multi_label: bool, head=None):
     classifier = get_classifier()
+    engine = classifier.engine_name
+    options = {}
+    usable = head and head[0] is not None and classifier.supports_head and head[1] == engine
+    if usable and not multi_label:
+        options["head"] = head[0]
+        engine = f"{engine}+router:v{head[0].version}"
     started = time.perf_counter()
-    result = classifier.classify(prompt, categories, multi_label=multi_label)
-    return result, classifier.engine_name, (time.perf_counter() - started) * 1000
+    result = classifier.classify(prompt, categories, multi_label=multi_label, **options)
+    return result, engine, (time.perf_counter() - started) * 1000
 
 
 def classification_create(
@@ -82,8 +101,8 @@ def classification_create(
     messages: list[dict[str, str]] | None = None,
 ) -> Classification:
     """Classify and persist (sync); the categories default to the routing table's."""
-    categories = categories_resolve(categories)
-    result, engine, duration_ms = _classify(prompt, categories, multi_label)
+    categories, head = _resolve(categories)
+    result, engine, duration_ms = _classify(prompt, categories, multi_label, head)
     return _save(
         prompt=prompt,
         categories=categories,
@@ -108,9 +127,9 @@ async def classification_acreate(
 ) -> Classification:
     """`classification_create` for async callers: the ORM in Django's sync thread, the
     forward pass in a worker thread."""
-    categories = await sync_to_async(categories_resolve)(categories)
+    categories, head = await sync_to_async(_resolve)(categories)
     result, engine, duration_ms = await asyncio.to_thread(
-        _classify, prompt, categories, multi_label
+        _classify, prompt, categories, multi_label, head
     )
     return await sync_to_async(_save)(
         prompt=prompt,

@@ -1,12 +1,15 @@
 """Routing: which model serves a category, with its fallbacks, from the CategoryRoute table."""
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 
 from routing.classifiers.base import Category
-from routing.models import CategoryRoute, ModelRanking
+from routing.classifiers.cache import routes_version
+from routing.models import CategoryExample, CategoryRoute, ModelRanking, RouterHead
 from tokenflow_site.errors import ApiError
 
 
@@ -29,15 +32,81 @@ class RouteInfo:
         }
 
 
-def routing_categories() -> list[Category]:
-    """The enabled categories of the routing table, each with its best description
-    (the highest-priority enabled route that has one)."""
+@dataclass(frozen=True)
+class RoutingTable:
+    """What the classifier needs from the routing table, built once per table version."""
+
+    version: str
+    categories: list[Category]
+    head: Any = None  # routing.classifiers.embedding.LinearHead of the active RouterHead
+    head_engine: str = ""
+
+    def expand(self, categories: list[Category]) -> list[Category]:
+        """Request categories with neither a description nor examples (bare labels) take
+        the table's description and examples of the same label (case-insensitive)."""
+        known = {c.label.casefold(): c for c in self.categories}
+        expanded = []
+        for category in categories:
+            table = known.get(category.label.casefold())
+            if table is not None and not category.description and not category.examples:
+                category = Category(category.label, table.description, table.examples)
+            expanded.append(category)
+        return expanded
+
+
+_table_lock = threading.Lock()
+_table: RoutingTable | None = None
+
+
+def _table_build(version: str) -> RoutingTable:
     descriptions: dict[str, str] = {}
     routes = CategoryRoute.objects.filter(enabled=True).order_by("category", "-priority", "pk")
     for category, description in routes.values_list("category", "description"):
         if not descriptions.get(category):
             descriptions[category] = description
-    return [Category(label, text) for label, text in descriptions.items()]
+    examples: dict[str, list[str]] = {label: [] for label in descriptions}
+    limit = settings.TOKENFLOW_MAX_TABLE_EXAMPLES
+    rows = CategoryExample.objects.filter(category__in=list(descriptions)).order_by(
+        "category", "-created_at", "-pk"
+    )
+    for category, text in rows.values_list("category", "text"):
+        if len(examples[category]) < limit:
+            examples[category].append(text)
+    categories = [
+        Category(label, text, tuple(examples[label])) for label, text in descriptions.items()
+    ]
+    head, engine = None, ""
+    row = RouterHead.objects.filter(active=True).order_by("-pk").first()
+    if row is not None:
+        from routing.classifiers.embedding import LinearHead
+
+        weights = np.frombuffer(bytes(row.weights), dtype=np.float32).reshape(
+            len(row.labels), row.dim
+        )
+        head = LinearHead(row.labels, weights, np.array(row.bias), version=row.pk)
+        engine = row.engine
+    return RoutingTable(version, categories, head, engine)
+
+
+def routing_table() -> RoutingTable:
+    """The enabled categories (best description: the highest-priority enabled route that
+    has one; newest examples first) and the active trained head. Cached per process and
+    rebuilt when the routes version changes (any route, example or head edit, in any
+    process: routing.signals)."""
+    global _table
+    version = routes_version()
+    table = _table
+    if table is not None and table.version == version:
+        return table
+    with _table_lock:
+        if _table is None or _table.version != version:
+            _table = _table_build(version)
+        return _table
+
+
+def routing_categories() -> list[Category]:
+    """The enabled categories of the routing table, with descriptions and examples."""
+    return list(routing_table().categories)
 
 
 def _default_model() -> ModelRanking | None:

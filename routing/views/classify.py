@@ -6,10 +6,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import owned_by
+from accounts.permissions import owned_by, owned_get
 from routing.models import Classification
-from routing.serializers import ClassificationSerializer, ClassifyRequestSerializer
+from routing.serializers import (
+    ClassificationSerializer,
+    ClassifyRequestSerializer,
+    FeedbackRequestSerializer,
+)
 from routing.services.classification import classification_create
+from routing.services.feedback import feedback_apply
 from tokenflow_site.endpoints import query_validate
 from tokenflow_site.errors import ErrorSerializer
 
@@ -82,3 +87,29 @@ class ClassificationList(_Owned, generics.ListAPIView):
 
 class ClassificationDetail(_Owned, generics.RetrieveAPIView):
     serializer_class = ClassificationSerializer
+
+
+class ClassificationFeedback(APIView):
+    """`{category}`: the right label of one of your classifications (a staff session may
+    correct any). It becomes an example of the category; another key's classification
+    is a 404."""
+
+    @extend_schema(request=FeedbackRequestSerializer, responses={200: ClassificationSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        classification = owned_get(
+            Classification.objects.select_related("prompt"),
+            request.auth,
+            pk=pk,
+            name="classification",
+        )
+        serializer = FeedbackRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        principal = request.auth
+        feedback_apply(
+            classification,
+            serializer.validated_data["category"],
+            source="staff" if principal.api_key is None else "key",
+            user=principal.user if principal.api_key is None else None,
+        )
+        classification.refresh_from_db()
+        return Response(ClassificationSerializer(classification).data)

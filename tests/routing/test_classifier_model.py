@@ -98,6 +98,8 @@ def test_admin_edit_of_a_description_changes_the_next_classification(staff_clien
             "model": model.pk,
             "priority": 100,
             "enabled": "on",
+            "examples-TOTAL_FORMS": "0",  # the example-utterance inline
+            "examples-INITIAL_FORMS": "0",
         },
     )
     assert response.status_code == 302

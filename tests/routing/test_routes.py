@@ -84,6 +84,8 @@ def test_admin_edit_of_a_route_changes_the_next_choice(staff_client, default_mod
             "model": second.pk,
             "priority": 99,
             "enabled": "on",
+            "examples-TOTAL_FORMS": "0",  # the example-utterance inline
+            "examples-INITIAL_FORMS": "0",
         },
     )
     assert response.status_code == 302, response.content[:2000]
