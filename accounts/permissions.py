@@ -123,8 +123,22 @@ def request_principal(request: Any) -> Principal:
 
 
 class IsApiPrincipal(BasePermission):
-    """DRF face of the layer: the middleware admitted a Principal for this request."""
+    """DRF face of the layer: the middleware admitted a Principal for this request. It also
+    refuses query parameters the view does not define (`query_serializer`, a class or a
+    {method: class} dict, plus limit/offset on paginated views): checked here because this
+    runs first on every DRF view."""
 
     def has_permission(self, request, view) -> bool:
+        from tokenflow_site.endpoints import query_serializer_fields, query_unknown_check
+
         request_principal(request)
+        declared = getattr(view, "query_serializer", None)
+        if isinstance(declared, dict):
+            declared = declared.get(request.method)
+        allowed = query_serializer_fields(declared)
+        if getattr(view, "pagination_class", None) is not None:
+            paginator = view.pagination_class
+            allowed |= {getattr(paginator, "limit_query_param", "limit")}
+            allowed |= {getattr(paginator, "offset_query_param", "offset")}
+        query_unknown_check(request, allowed)
         return True

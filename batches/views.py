@@ -131,6 +131,7 @@ class BatchCollection(generics.ListAPIView):
     serializer_class = BatchJobSummarySerializer
     pagination_class = BatchPagination
     parser_classes = [*JSONL_PARSERS, MultiPartParser, AnyContentJSONParser]
+    query_serializer = {"POST": JobFormOptionsSerializer}  # a JSONL body's job options
 
     def get_queryset(self):
         jobs = BatchJob.objects.order_by("-created_at", "-id")
@@ -194,6 +195,7 @@ class BatchPause(JobView):
 
     # A bodiless POST from a form or a test client arrives as an empty multipart body.
     parser_classes = [MultiPartParser, AnyContentJSONParser]
+    query_serializer = PauseSerializer
 
     @extend_schema(
         summary="Pause a batch job",
@@ -267,6 +269,7 @@ class BatchResults(JobView):
 
     # Always JSONL on success and JSON for errors, whatever the client's Accept says.
     content_negotiation_class = IgnoreAcceptNegotiation
+    query_serializer = ResultsQuerySerializer
 
     @extend_schema(
         summary="Results as JSONL (OpenAI Batch output format, streamed)",
@@ -309,6 +312,7 @@ class BatchItemList(JobView, generics.ListAPIView):
     queryset = BatchItem.objects.none()  # the schema's model; get_queryset scopes to the job
     serializer_class = BatchItemSerializer
     pagination_class = BatchPagination
+    query_serializer = ItemsQuerySerializer
 
     def get_queryset(self):
         job = self.get_job()

@@ -74,6 +74,7 @@ class CompressionList(CompressionQuerysetMixin, generics.ListAPIView):
     """GET /api/compressions?engine=fast&skipped=false&prompt=12 (paginated, newest first)."""
 
     serializer_class = CompressionSerializer
+    query_serializer = CompressionFilterSerializer
 
     def get_queryset(self):
         filters = query_validate(CompressionFilterSerializer, self.request)

@@ -56,6 +56,7 @@ def api_endpoint(
                 if request.method not in methods:
                     raise method_not_allowed(request, methods)
                 request_principal(request)
+                query_unknown_check(request, query_serializer_fields(query))
                 request.query = query_validate(query, request) if query is not None else {}
                 data = None
                 if serializer_class is not None:
@@ -82,6 +83,30 @@ def api_endpoint(
         return wrapper
 
     return decorate
+
+
+# Query parameters every endpoint understands: DRF's format override.
+ALWAYS_ALLOWED_QUERY = frozenset({"format"})
+
+
+def query_unknown_check(request, allowed: set[str] | frozenset[str]) -> None:
+    """400 `unknown_parameter` for a query parameter the endpoint does not define: a typo
+    (`?limt=5`) must not be silently ignored."""
+    params = getattr(request, "query_params", None)
+    if params is None:
+        params = request.GET
+    unknown = sorted(set(params) - set(allowed) - ALWAYS_ALLOWED_QUERY)
+    if unknown:
+        names = ", ".join(sorted(set(allowed))) or "none"
+        raise ApiError(
+            f"Unknown query parameter {unknown[0]!r}; this endpoint takes: {names}.",
+            code="unknown_parameter",
+            field=unknown[0][:100],
+        )
+
+
+def query_serializer_fields(serializer_class: type[serializers.Serializer] | None) -> set[str]:
+    return set(serializer_class().fields) if serializer_class is not None else set()
 
 
 def query_validate(serializer_class: type[serializers.Serializer], request) -> dict:

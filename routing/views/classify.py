@@ -76,6 +76,7 @@ class ClassificationList(_Owned, generics.ListAPIView):
     """Newest first; `?top_category=` filters."""
 
     serializer_class = ClassificationSerializer
+    query_serializer = ClassificationFilterSerializer
 
     def get_queryset(self):
         filters = query_validate(ClassificationFilterSerializer, self.request)

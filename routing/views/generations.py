@@ -17,6 +17,8 @@ class GenerationFilterSerializer(serializers.Serializer):
 
 
 class _Scoped:
+    query_serializer = GenerationFilterSerializer
+
     def get_queryset(self):
         filters = query_validate(GenerationFilterSerializer, self.request)
         return generation_list(principal=self.request.auth, **filters)

@@ -16,6 +16,7 @@ class ModelRankingList(generics.ListAPIView):
 
     serializer_class = ModelRankingSerializer
     pagination_class = None
+    query_serializer = RankingFilterSerializer
 
     def get_queryset(self):
         filters = query_validate(RankingFilterSerializer, self.request)

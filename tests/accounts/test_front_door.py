@@ -179,3 +179,27 @@ def test_strings_are_not_numbers_and_nul_is_refused(client, auth):
         response = client.post("/api/generate", body, content_type=JSON, **auth)
         assert response.status_code == 400, body
         assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/generations?limt=5",
+        "/api/classifications?top=coding",
+        "/api/compressions?engin=fast",
+        "/api/model-rankings?enabld=true",
+        "/api/batches?x=1",
+        "/api/generations/1?verbose=1",
+    ],
+)
+def test_unknown_query_parameters_are_refused_not_ignored(client, auth, path):
+    response = client.get(path, **auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "unknown_parameter"
+
+
+def test_known_query_parameters_still_work(client, auth):
+    assert (
+        client.get("/api/generations?limit=5&offset=0&status=completed", **auth).status_code == 200
+    )
+    assert client.get("/api/model-rankings?enabled=true&format=json", **auth).status_code == 200
