@@ -163,7 +163,11 @@ def crash_outcome(run: JobRun, item: Claimed, exc: BaseException, *, worker_id: 
     )
     if number >= run.policy.max_attempts:
         return _failed(outcome, error)
-    return _retry(outcome, error, run.policy.backoff(number, None))
+    try:
+        delay = run.policy.backoff(number, None)
+    except Exception:  # the crash may be in the backoff itself: wait the longest backoff
+        delay = run.policy.backoff_max
+    return _retry(outcome, error, delay)
 
 
 class ItemExecutor:

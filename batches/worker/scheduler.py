@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, connections
+from django.utils import timezone
 
 from accounts.models import ApiKey
 from batches import services
@@ -406,7 +407,18 @@ class BatchWorker:
             outcome = Outcome(item=item, status=ItemStatus.PENDING, attempts=item.attempts)
         elif exc is not None:
             logger.error("Batch item %s crashed", item.id, exc_info=exc)
-            outcome = crash_outcome(run, item, exc, worker_id=self.worker_id)
+            try:
+                outcome = crash_outcome(run, item, exc, worker_id=self.worker_id)
+            except Exception:  # never lose the item: fail it, counted
+                logger.exception("Batch item %s: cannot record its crash", item.id)
+                error = {"code": "internal_error", "message": "The attempt crashed."}
+                outcome = Outcome(
+                    item=item,
+                    status=ItemStatus.FAILED,
+                    attempts=item.attempts + 1,
+                    error=error,
+                    finished_at=timezone.now(),
+                )
         else:
             outcome = task.result()
         self.buffer.append(outcome)
