@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from rest_framework.exceptions import ValidationError
 
 from accounts.models import ApiKey
 from batches.models import BatchItem, BatchJob
@@ -19,7 +20,7 @@ from batches.templates import template_parse, template_render
 from routing.models import ModelRanking
 from routing.serializers import GenerateRequestSerializer, SamplingSerializer
 from routing.services.models import model_resolve
-from tokenflow_site.api import validate
+from tokenflow_site.api import text_check, validate
 from tokenflow_site.errors import ApiError
 
 AUTO = "auto"
@@ -68,6 +69,7 @@ def _item_parse(
             code="invalid_custom_id",
             field="custom_id",
         )
+    _storable(custom_id)
     url = raw.get("url")
     if url is not None and url not in CHAT_URLS:
         raise ApiError(f"url {url!r} is not supported; use /v1/chat/completions.", field="url")
@@ -76,6 +78,7 @@ def _item_parse(
         raise ApiError("'body' must be a JSON object.", code="invalid_item", field="body")
     body = dict(body)
     if not needs_model:  # a Python request function gets the body as it is
+        _storable(body)
         return ParsedItem(custom_id=custom_id, params=body)
     if "variables" in body:
         variables = body.pop("variables")
@@ -98,7 +101,25 @@ def _item_parse(
     stored = {"model": model or "", "messages": messages, **params}
     if extra:
         stored["extra"] = extra
+    _storable(stored)
     return ParsedItem(custom_id=custom_id, params=stored)
+
+
+def _storable(value: Any) -> None:
+    """400 for text no database column can hold (PostgreSQL refuses NUL in text and jsonb,
+    and lone surrogates anywhere), in any key or value of an item."""
+    if isinstance(value, str):
+        try:
+            text_check(value)
+        except ValidationError as exc:
+            raise ApiError(f"the item {exc.detail[0]}", code="invalid_value", field="body") from exc
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _storable(key)
+            _storable(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _storable(inner)
 
 
 def _bounded_int(value: Any, name: str, default: int, high: int) -> int:

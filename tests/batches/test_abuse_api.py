@@ -290,3 +290,24 @@ def test_the_python_client_gets_the_same_allowlist(model, settings):
     assert (caught.value.status, caught.value.field) == (403, "handler")
     with pytest.raises(ApiError):
         batch_create(items=[(None, item("a"))], executor="os.system")
+
+
+# --- finding 8 (input side): text no database can store ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"custom_id": "a\u0000b", "body": {"prompt": "x"}},
+        {"custom_id": "a", "body": {"prompt": "x", "extra": {"k": "v\u0000"}}},
+        {"custom_id": "a", "body": {"prompt": "x", "extra": {"k\u0000": 1}}},
+    ],
+)
+def test_items_with_nul_characters_are_a_400_not_a_500(client, auth, model, bad):
+    body = '{"custom_id": "ok", "body": {"prompt": "x"}}\n' + json.dumps(bad) + "\n"
+    response = client.post(
+        "/api/batches?model=mock/batch", body, content_type="application/jsonl", **auth
+    )
+    err = error(response, 400)
+    assert (err["code"], err["line"]) == ("invalid_value", 2)
+    assert BatchJob.objects.count() == 0

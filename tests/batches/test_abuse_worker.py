@@ -13,7 +13,7 @@ from accounts.models import ApiKey
 from batches.models import BatchAttempt, BatchItem, BatchJob
 from batches.policy import RetryPolicy
 from batches.services import batch_create
-from routing.providers.mock import reset_mock_calls
+from routing.providers.mock import MockProvider, reset_mock_calls
 from tests.batches.helpers import make_job, refresh, run_worker, wait_for, worker
 from tests.factories import mock_model
 
@@ -86,19 +86,22 @@ async def test_a_handler_that_raises_fails_the_item_after_max_attempts():
 # --- finding 8: a result that cannot be written ---------------------------------------------------
 
 
-async def test_a_nul_in_a_result_never_blocks_the_other_results():
+async def test_a_nul_in_a_result_never_blocks_the_other_results(monkeypatch):
     """PostgreSQL jsonb refuses "\\u0000": that item fails with a clear error, the others
     are written, the job completes and the worker stops (no lease renewed for ever).
-    SQLite stores the text as it is."""
+    SQLite stores the text as it is. The mock model answers "a\\0b" to the prompt "nul"
+    (a NUL cannot be stored in its options or the item either: PostgreSQL refuses it)."""
+    answer = MockProvider.answer
+
+    def nul_answer(request, options):
+        if request.messages[-1]["content"] == "nul":
+            return "a\0b"
+        return answer(request, options)
+
+    monkeypatch.setattr(MockProvider, "answer", staticmethod(nul_answer))
     model = await sync_to_async(mock_model)()
     items = [(None, {"custom_id": f"ok-{n}", "body": {"prompt": f"q{n}"}}) for n in range(6)]
-    items.insert(
-        3,
-        (
-            None,
-            {"custom_id": "nul", "body": {"prompt": "x", "extra": {"mock": {"response": "a\0b"}}}},
-        ),
-    )
+    items.insert(3, (None, {"custom_id": "nul", "body": {"prompt": "nul"}}))
     job = await sync_to_async(batch_create)(items=items, model=model.name, concurrency=7)
     await run_worker(job, timeout=60)
     by_id = {i.custom_id: i for i in await items_of(job)}
