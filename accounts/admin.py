@@ -11,6 +11,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "user",
         "requests_per_minute",
         "tokens_per_minute",
+        "batch_max_active_jobs",
+        "batch_max_concurrency",
         "created_at",
         "last_used_at",
         "revoked_at",
@@ -29,6 +31,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
             user=obj.user,
             requests_per_minute=obj.requests_per_minute,
             tokens_per_minute=obj.tokens_per_minute,
+            batch_max_active_jobs=obj.batch_max_active_jobs,
+            batch_max_concurrency=obj.batch_max_concurrency,
         )
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         self.message_user(request, f"New key (shown once): {raw}", messages.WARNING)

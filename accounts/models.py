@@ -32,6 +32,18 @@ class ApiKey(models.Model):
     tokens_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: the global default (TOKENFLOW_RATE_LIMIT_TPM)."
     )
+    batch_max_active_jobs = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Unfinished batch jobs at once. Empty: the global default "
+        "(TOKENFLOW_BATCH_MAX_ACTIVE_JOBS_PER_KEY); 0 = unlimited.",
+    )
+    batch_max_concurrency = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Batch items in flight at once across all of this key's jobs. Empty: the "
+        "global default (TOKENFLOW_BATCH_MAX_CONCURRENCY_PER_KEY); 0 = unlimited.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

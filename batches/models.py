@@ -1,5 +1,6 @@
 """Batch jobs: a job owns items (one request each); every try of an item is an attempt."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -64,6 +65,31 @@ class BatchJob(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name or 'batch'} ({self.status})"
+
+    def clean(self) -> None:
+        """What the admin may save: allowlisted hooks, a bounded retry policy, a plain
+        template (the API checks the same through its serializers)."""
+        from batches.policy import hook_allowed
+        from batches.serializers import RetryPolicySerializer
+        from batches.templates import template_parse
+        from tokenflow_site.errors import ApiError
+
+        errors: dict[str, str] = {}
+        for name, executor in (("handler", False), ("executor", True)):
+            if not hook_allowed(getattr(self, name), executor=executor):
+                errors[name] = (
+                    f"{getattr(self, name)!r} is not allowed: list it in TOKENFLOW_BATCH_HANDLERS."
+                )
+        policy = RetryPolicySerializer(data=self.retry_policy)
+        if not policy.is_valid():
+            errors["retry_policy"] = f"Invalid retry policy: {policy.errors}."
+        if self.prompt_template:
+            try:
+                template_parse(self.prompt_template)
+            except ApiError as exc:
+                errors["prompt_template"] = exc.message
+        if errors:
+            raise ValidationError(errors)
 
 
 class BatchItem(models.Model):

@@ -6,11 +6,15 @@ returns Done(result) to finish the item, Continue(new_params) to try again with 
 Fail(message) to give up, or None to apply the job's default retry policy.
 """
 
-import random
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.utils.module_loading import import_string
+
+from routing.services.retry import backoff_delay
 
 DEFAULT_RETRY_STATUSES = (408, 409, 425, 429, 500, 502, 503, 504)
 
@@ -52,13 +56,24 @@ class RetryPolicy:
 
     @classmethod
     def for_job(cls, *, max_attempts: int, options: dict[str, Any]) -> "RetryPolicy":
+        """The policy of a job row. Numbers are clamped to the settings' bounds here too:
+        the API rejects them (400), but a row edited by hand must not overflow either."""
+        backoff_cap = settings.TOKENFLOW_BATCH_MAX_BACKOFF
         return cls(
-            max_attempts=max_attempts,
+            max_attempts=max(1, min(int(max_attempts), MAX_ATTEMPTS)),
             retry_statuses=tuple(options.get("retry_statuses", DEFAULT_RETRY_STATUSES)),
             retry_timeouts=bool(options.get("retry_timeouts", True)),
-            backoff_base=float(options.get("backoff_base", settings.TOKENFLOW_BATCH_BACKOFF_BASE)),
-            backoff_max=float(options.get("backoff_max", settings.TOKENFLOW_BATCH_BACKOFF_MAX)),
-            timeout=float(options.get("timeout", settings.TOKENFLOW_BATCH_TIMEOUT)),
+            backoff_base=_bounded(
+                options.get("backoff_base"), settings.TOKENFLOW_BATCH_BACKOFF_BASE, backoff_cap
+            ),
+            backoff_max=_bounded(
+                options.get("backoff_max"), settings.TOKENFLOW_BATCH_BACKOFF_MAX, backoff_cap
+            ),
+            timeout=_bounded(
+                options.get("timeout"),
+                settings.TOKENFLOW_BATCH_TIMEOUT,
+                settings.TOKENFLOW_BATCH_MAX_TIMEOUT,
+            ),
         )
 
     def retryable(self, *, status_code: int | None, retryable: bool, timeout: bool) -> bool:
@@ -69,11 +84,55 @@ class RetryPolicy:
         return retryable and status_code is None
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter in [0.5, 1.5) x base x 2^(n-1), capped, but
-        never shorter than the upstream's Retry-After."""
-        delay = min(
-            self.backoff_base * 2 ** (attempt - 1) * (0.5 + random.random()), self.backoff_max
+        """Exponential backoff with jitter (routing.services.retry, the one rule), never
+        shorter than the upstream's Retry-After, never beyond TOKENFLOW_BATCH_MAX_BACKOFF."""
+        return backoff_delay(
+            attempt,
+            base=self.backoff_base,
+            maximum=self.backoff_max,
+            retry_after=retry_after,
+            ceiling=max(self.backoff_max, settings.TOKENFLOW_BATCH_MAX_BACKOFF),
         )
-        if retry_after is not None:
-            delay = max(delay, float(retry_after))
-        return delay
+
+
+MAX_ATTEMPTS = 100  # per item, whatever a job asks for
+
+
+def _bounded(value: Any, default: float, high: float) -> float:
+    try:
+        number = float(default if value is None else value)
+    except (TypeError, ValueError):
+        number = float(default)
+    if not math.isfinite(number):
+        number = high
+    return max(0.0, min(number, high))
+
+
+# --- hooks: policy handlers and request functions -------------------------------------------
+
+LOCAL_PREFIX = "local:"  # an executor only the creating Python process has (batches.client)
+
+
+class HookNotAllowed(ImportError):
+    """A handler or executor path outside TOKENFLOW_BATCH_HANDLERS."""
+
+
+def hook_allowed(path: str, *, executor: bool = False) -> bool:
+    """Built-ins ('' and, for executors, 'local:<id>') or a dotted path listed in
+    TOKENFLOW_BATCH_HANDLERS. The same answer for API keys, staff, the admin and scripts."""
+    if not path or (executor and path.startswith(LOCAL_PREFIX)):
+        return True
+    return path in settings.TOKENFLOW_BATCH_HANDLERS
+
+
+def hook_load(path: str, *, executor: bool = False) -> Callable | None:
+    """The callable behind an allowed dotted path (None for ''); HookNotAllowed or
+    ImportError otherwise. Nothing outside the allowlist is ever imported."""
+    if not hook_allowed(path, executor=executor):
+        kind = "executor" if executor else "handler"
+        raise HookNotAllowed(
+            f"The {kind} {path!r} is not allowed: list it in TOKENFLOW_BATCH_HANDLERS."
+        )
+    if not path or path.startswith(LOCAL_PREFIX):
+        return None
+    return import_string(path)

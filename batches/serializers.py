@@ -10,8 +10,10 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from batches import selectors
-from batches.jsonl import JsonLines, jsonl_read, jsonl_rows, too_large
+from batches.jsonl import JsonLines, jsonl_rows, too_large, upload_limit
 from batches.models import BatchAttempt, BatchItem, BatchJob
+from batches.policy import hook_allowed
+from batches.templates import template_parse
 from tokenflow_site.api import (
     StrictBooleanField,
     StrictCharField,
@@ -24,17 +26,51 @@ from tokenflow_site.errors import ApiError
 # --- request: job options ----------------------------------------------------------------
 
 
+class BoundedFloatField(StrictFloatField):
+    """A number whose upper bound is a setting, read when a value is validated."""
+
+    def __init__(self, *, max_setting: str, **kwargs) -> None:
+        self.max_setting = max_setting
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        high = getattr(settings, self.max_setting)
+        if value > high:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {high:g} ({self.max_setting}).",
+                code="max_value",
+            )
+        return value
+
+
 class RetryPolicySerializer(serializers.Serializer):
     """How an item's failed attempts are retried (defaults: settings.TOKENFLOW_BATCH_*)."""
 
     retry_statuses = serializers.ListField(
         child=StrictIntegerField(min_value=100, max_value=599),
         required=False,
+        max_length=100,
         help_text="Upstream HTTP statuses worth another attempt.",
     )
-    backoff_base = StrictFloatField(required=False, min_value=0)
-    backoff_max = StrictFloatField(required=False, min_value=0)
-    timeout = StrictFloatField(required=False, min_value=0, help_text="Seconds per attempt.")
+    backoff_base = BoundedFloatField(
+        required=False,
+        min_value=0,
+        max_setting="TOKENFLOW_BATCH_MAX_BACKOFF",
+        help_text="Seconds (at most TOKENFLOW_BATCH_MAX_BACKOFF).",
+    )
+    backoff_max = BoundedFloatField(
+        required=False,
+        min_value=0,
+        max_setting="TOKENFLOW_BATCH_MAX_BACKOFF",
+        help_text="Seconds (at most TOKENFLOW_BATCH_MAX_BACKOFF).",
+    )
+    timeout = BoundedFloatField(
+        required=False,
+        min_value=0.001,
+        max_setting="TOKENFLOW_BATCH_MAX_TIMEOUT",
+        help_text="Seconds per attempt (at most TOKENFLOW_BATCH_MAX_TIMEOUT).",
+    )
     retry_timeouts = StrictBooleanField(required=False)
 
     def to_internal_value(self, data):
@@ -84,7 +120,8 @@ class JobOptionsSerializer(serializers.Serializer):
         required=False,
         allow_blank=True,
         allow_null=True,
-        help_text="str.format template rendered with an item's body.variables.",
+        help_text="A template with plain {name} fields filled from an item's body.variables "
+        "(no format specs, attributes or indexes; at most TOKENFLOW_BATCH_MAX_TEMPLATE_CHARS).",
     )
     concurrency = StrictIntegerField(
         required=False,
@@ -98,8 +135,8 @@ class JobOptionsSerializer(serializers.Serializer):
         allow_blank=True,
         allow_null=True,
         max_length=300,
-        help_text="Dotted path of a policy hook; API keys may name only the handlers "
-        "in TOKENFLOW_BATCH_HANDLERS (403 otherwise).",
+        help_text="Dotted path of a policy hook; only the handlers in "
+        "TOKENFLOW_BATCH_HANDLERS (403 otherwise, for staff too).",
     )
     parameters = serializers.DictField(
         required=False, allow_null=True, help_text="Default sampling parameters for items."
@@ -114,9 +151,13 @@ class JobOptionsSerializer(serializers.Serializer):
             )
         return value
 
+    def validate_prompt_template(self, value: str | None) -> str | None:
+        if value:
+            template_parse(value)  # 400 for specs / attributes, 413 beyond the length cap
+        return value
+
     def validate_handler(self, value: str | None) -> str | None:
-        principal = self.context["principal"]
-        if value and value not in settings.TOKENFLOW_BATCH_HANDLERS and not principal.is_staff:
+        if value and not hook_allowed(value):
             raise ApiError(
                 f"Handler {value!r} is not allowed (see TOKENFLOW_BATCH_HANDLERS).",
                 code="forbidden",
@@ -207,9 +248,10 @@ class JsonlFileField(serializers.FileField):
 
     def to_internal_value(self, data) -> JsonLines:
         upload = super().to_internal_value(data)
-        if upload.size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        if upload.size > upload_limit():
             raise too_large(self.field_name, upload.size)
-        return jsonl_rows(jsonl_read(upload, field=self.field_name))
+        upload.seek(0)
+        return JsonLines(jsonl_rows(upload.file, field=self.field_name))
 
 
 class BatchUploadSerializer(JobFormOptionsSerializer):

@@ -9,13 +9,18 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from rest_framework.exceptions import ValidationError
 
 from accounts.models import ApiKey
 from batches.models import BatchItem, BatchJob
+from batches.policy import MAX_ATTEMPTS, HookNotAllowed, hook_load
+from batches.quota import active_jobs_check, concurrency_for
+from batches.serializers import RetryPolicySerializer
+from batches.templates import template_parse, template_render
 from routing.models import ModelRanking
 from routing.serializers import GenerateRequestSerializer, SamplingSerializer
 from routing.services.models import model_resolve
-from tokenflow_site.api import validate
+from tokenflow_site.api import text_check, validate
 from tokenflow_site.errors import ApiError
 
 AUTO = "auto"
@@ -64,6 +69,7 @@ def _item_parse(
             code="invalid_custom_id",
             field="custom_id",
         )
+    _storable(custom_id)
     url = raw.get("url")
     if url is not None and url not in CHAT_URLS:
         raise ApiError(f"url {url!r} is not supported; use /v1/chat/completions.", field="url")
@@ -72,6 +78,7 @@ def _item_parse(
         raise ApiError("'body' must be a JSON object.", code="invalid_item", field="body")
     body = dict(body)
     if not needs_model:  # a Python request function gets the body as it is
+        _storable(body)
         return ParsedItem(custom_id=custom_id, params=body)
     if "variables" in body:
         variables = body.pop("variables")
@@ -80,10 +87,7 @@ def _item_parse(
                 "'variables' needs the job's prompt_template and must be an object.",
                 field="variables",
             )
-        try:
-            body["messages"] = [{"role": "user", "content": template.format_map(variables)}]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ApiError(f"prompt_template: {exc!r}", field="variables") from exc
+        body["messages"] = [{"role": "user", "content": template_render(template, variables)}]
     elif template and "messages" not in body and "prompt" not in body:
         body["prompt"] = template
     model = body.get("model") or job_model
@@ -97,7 +101,25 @@ def _item_parse(
     stored = {"model": model or "", "messages": messages, **params}
     if extra:
         stored["extra"] = extra
+    _storable(stored)
     return ParsedItem(custom_id=custom_id, params=stored)
+
+
+def _storable(value: Any) -> None:
+    """400 for text no database column can hold (PostgreSQL refuses NUL in text and jsonb,
+    and lone surrogates anywhere), in any key or value of an item."""
+    if isinstance(value, str):
+        try:
+            text_check(value)
+        except ValidationError as exc:
+            raise ApiError(f"the item {exc.detail[0]}", code="invalid_value", field="body") from exc
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _storable(key)
+            _storable(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _storable(inner)
 
 
 def _bounded_int(value: Any, name: str, default: int, high: int) -> int:
@@ -111,28 +133,25 @@ def _bounded_int(value: Any, name: str, default: int, high: int) -> int:
 
 
 def _retry_policy(value: Any) -> dict[str, Any]:
+    """The job's retry policy through the API's serializer (bounds included), for callers
+    that skip the HTTP layer (the Python client)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ApiError("'retry_policy' must be an object.", field="retry_policy")
-    allowed = {"retry_statuses", "backoff_base", "backoff_max", "timeout", "retry_timeouts"}
-    unknown = set(value) - allowed
-    if unknown:
-        raise ApiError(
-            f"Unknown retry_policy keys: {', '.join(sorted(unknown))}.", field="retry_policy"
-        )
-    statuses = value.get("retry_statuses")
-    if statuses is not None and not (
-        isinstance(statuses, list) and all(isinstance(s, int) for s in statuses)
-    ):
-        raise ApiError("'retry_statuses' must be a list of integers.", field="retry_policy")
-    for name in ("backoff_base", "backoff_max", "timeout"):
-        number = value.get(name)
-        if number is not None and (
-            isinstance(number, bool) or not isinstance(number, int | float) or number < 0
-        ):
-            raise ApiError(f"'{name}' must be a non-negative number.", field="retry_policy")
+    validate(RetryPolicySerializer, value)
     return value
+
+
+def _hooks_check(*, handler: str, executor: str) -> None:
+    """Only allowlisted hooks (TOKENFLOW_BATCH_HANDLERS), whoever creates the job."""
+    for path, is_executor, field in ((handler, False, "handler"), (executor, True, "executor")):
+        try:
+            hook_load(path, executor=is_executor)
+        except HookNotAllowed as exc:
+            raise ApiError(str(exc), code="forbidden", status=403, field=field) from exc
+        except ImportError as exc:
+            raise ApiError(f"Cannot import {field} {path!r}.", field=field) from exc
 
 
 def batch_create(
@@ -162,21 +181,24 @@ def batch_create(
         raise ApiError("'model' and 'name' must be strings.", field="model")
     if not isinstance(prompt_template, str):
         raise ApiError("'prompt_template' must be a string.", field="prompt_template")
-    concurrency = _bounded_int(
-        concurrency,
-        "concurrency",
-        settings.TOKENFLOW_BATCH_DEFAULT_CONCURRENCY,
-        settings.TOKENFLOW_BATCH_MAX_CONCURRENCY,
+    if prompt_template:
+        template_parse(prompt_template)
+    if concurrency is not None:
+        concurrency = _bounded_int(
+            concurrency, "concurrency", 1, settings.TOKENFLOW_BATCH_MAX_CONCURRENCY
+        )
+    concurrency = concurrency_for(
+        api_key=api_key,
+        requested=concurrency,
+        default=settings.TOKENFLOW_BATCH_DEFAULT_CONCURRENCY,
     )
     max_attempts = _bounded_int(
-        max_attempts, "max_attempts", settings.TOKENFLOW_BATCH_MAX_ATTEMPTS, 100
+        max_attempts, "max_attempts", settings.TOKENFLOW_BATCH_MAX_ATTEMPTS, MAX_ATTEMPTS
     )
     retry_policy = _retry_policy(retry_policy)
-    if handler:
-        try:
-            import_string(handler)
-        except ImportError as exc:
-            raise ApiError(f"Cannot import handler {handler!r}.", field="handler") from exc
+    _hooks_check(handler=handler, executor=executor)
+    if api_key is not None:
+        _active_jobs_check(api_key)  # early, before parsing a large upload
 
     parsed: list[ParsedItem] = []
     seen: dict[str, str] = {}
@@ -186,10 +208,11 @@ def batch_create(
         location = {"line": line} if line is not None else {"index": index}
         if len(parsed) >= limit:
             raise ApiError(
-                f"Too many items: the limit is {limit} per job.",
+                f"{where}: too many items; the limit is {limit} per job "
+                "(TOKENFLOW_BATCH_MAX_ITEMS). Nothing was created.",
                 code="too_many_items",
                 status=413,
-                extra={"limit": limit},
+                extra={"limit": limit, **location},
             )
         try:
             item = _item_parse(
@@ -219,6 +242,8 @@ def batch_create(
             model_resolve(model_name)
 
     with transaction.atomic():
+        if api_key is not None:
+            _active_jobs_check(api_key, lock=True)  # again, serialised on the key's row
         job = BatchJob.objects.create(
             name=name,
             api_key=api_key,
@@ -237,6 +262,13 @@ def batch_create(
             batch_size=1000,
         )
     return job
+
+
+def _active_jobs_check(api_key: ApiKey, *, lock: bool = False) -> None:
+    if lock:  # two concurrent creations for one key cannot both pass the count
+        api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    active = BatchJob.objects.filter(api_key=api_key).exclude(status__in=BatchJob.TERMINAL)
+    active_jobs_check(api_key=api_key, active=active.count())
 
 
 def batch_items_add(*, job: BatchJob, params: list[tuple[str, dict[str, Any]]]) -> int:

@@ -15,7 +15,15 @@ from rest_framework.views import APIView
 
 from accounts.permissions import owned_by, owned_get, request_principal
 from batches import selectors, services
-from batches.jsonl import JSONL, JSONL_PARSERS, JSONL_TYPES, IgnoreAcceptNegotiation, JsonLines
+from batches.jsonl import (
+    JSONL,
+    JSONL_PARSERS,
+    JSONL_TYPES,
+    IgnoreAcceptNegotiation,
+    JsonLines,
+    UploadCapHandler,
+    content_length_check,
+)
 from batches.models import BatchItem, BatchJob
 from batches.serializers import (
     BatchCreateSerializer,
@@ -40,8 +48,11 @@ ERRORS = {
     "or an inactive key owner.",
     404: "No such job, or another key's job (the same answer).",
     409: "The job's status does not allow this transition (`status` says which it is).",
-    413: "Too many items (TOKENFLOW_BATCH_MAX_ITEMS) or a body beyond TOKENFLOW_MAX_UPLOAD_BYTES.",
-    429: "The API key's rate limit (see Retry-After and X-RateLimit-*).",
+    413: "Too many items (TOKENFLOW_BATCH_MAX_ITEMS; `line` or `index` names the first one "
+    "beyond), a body beyond TOKENFLOW_MAX_UPLOAD_BYTES (checked from Content-Length before "
+    "reading), or a prompt_template / rendered prompt beyond its cap.",
+    429: "The API key's rate limit (see Retry-After and X-RateLimit-*), or "
+    "`too_many_active_jobs` (the key's cap on unfinished batch jobs).",
 }
 
 
@@ -106,10 +117,28 @@ class JobView(APIView):
         )
 
 
+MULTIPART_SLACK = 1024 * 1024  # the form fields and boundaries around a multipart `file`
+
+
+def _body_size_check(request: Request) -> None:
+    """Refuse an oversized body from its Content-Length before reading it, and cap what is
+    read while a multipart upload streams in (a chunked body declares no length)."""
+    multipart = request.content_type.startswith("multipart/")
+    field = "file" if multipart else "body"
+    content_length_check(request.META, field=field, slack=MULTIPART_SLACK if multipart else 0)
+    if multipart:
+        django_request = request._request
+        django_request.upload_handlers = [
+            UploadCapHandler(django_request),
+            *django_request.upload_handlers,
+        ]
+
+
 def _create_input(request: Request) -> tuple[dict[str, Any], list, str]:
     """(options, [(line or None, raw item)], label) from whichever body the parsers read:
     JsonLines (options in the query string), a multipart form, or a JSON object."""
     context = {"principal": request_principal(request)}
+    _body_size_check(request)
     body = request.data
     if isinstance(body, JsonLines):
         serializer = JobFormOptionsSerializer(data=request.query_params, context=context)

@@ -402,6 +402,22 @@ TOKENFLOW_BATCH_MAX_ATTEMPTS = int(os.environ.get("TOKENFLOW_BATCH_MAX_ATTEMPTS"
 TOKENFLOW_BATCH_BACKOFF_BASE = float(os.environ.get("TOKENFLOW_BATCH_BACKOFF_BASE", 1.0))
 TOKENFLOW_BATCH_BACKOFF_MAX = float(os.environ.get("TOKENFLOW_BATCH_BACKOFF_MAX", 60))
 TOKENFLOW_BATCH_TIMEOUT = float(os.environ.get("TOKENFLOW_BATCH_TIMEOUT", 600))
+# Upper bounds on a job's retry_policy (400 beyond): backoff_base, backoff_max and an honoured
+# Retry-After never exceed MAX_BACKOFF seconds; timeout never exceeds MAX_TIMEOUT seconds.
+TOKENFLOW_BATCH_MAX_BACKOFF = float(os.environ.get("TOKENFLOW_BATCH_MAX_BACKOFF", 3600))
+TOKENFLOW_BATCH_MAX_TIMEOUT = float(os.environ.get("TOKENFLOW_BATCH_MAX_TIMEOUT", 3600))
+# prompt_template length (plain {name} fields only); rendered prompts obey MAX_INPUT_CHARS.
+TOKENFLOW_BATCH_MAX_TEMPLATE_CHARS = int(
+    os.environ.get("TOKENFLOW_BATCH_MAX_TEMPLATE_CHARS", 20_000)
+)
+# Per-key quotas (an ApiKey's own values override them; 0 = unlimited): unfinished jobs, and
+# items leased at once across all of the key's jobs and workers.
+TOKENFLOW_BATCH_MAX_ACTIVE_JOBS_PER_KEY = int(
+    os.environ.get("TOKENFLOW_BATCH_MAX_ACTIVE_JOBS_PER_KEY", 10)
+)
+TOKENFLOW_BATCH_MAX_CONCURRENCY_PER_KEY = int(
+    os.environ.get("TOKENFLOW_BATCH_MAX_CONCURRENCY_PER_KEY", 1000)
+)
 # A killed worker's items are re-claimed once their lease expires; live workers renew theirs.
 TOKENFLOW_BATCH_LEASE_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_LEASE_SECONDS", 60))
 TOKENFLOW_BATCH_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_POLL_SECONDS", 0.5))
@@ -410,7 +426,8 @@ TOKENFLOW_BATCH_PROGRESS_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_PROGRES
 TOKENFLOW_BATCH_AUTO_SELECT = os.environ.get(
     "TOKENFLOW_BATCH_AUTO_SELECT", "routing.services.selection.model_for_messages"
 )
-# Policy hooks API clients may name (the Python client and staff may use any dotted path).
+# The only policy hooks and request functions (executors) a job may name, by dotted path: for
+# API keys, staff, the admin and the Python client alike (checked at creation and at run time).
 TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")
 TOKENFLOW_BATCH_WS_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_WS_POLL_SECONDS", 2))
 if env_bool("TOKENFLOW_BATCH_WORKER", True):

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError
 from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
+from routing.services.retry import backoff_delay
 from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
 from tokenflow_site.errors import ApiError
@@ -364,11 +364,12 @@ def metadata_for(generation: Generation) -> dict[str, Any]:
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
-    base = settings.TOKENFLOW_RETRY_BACKOFF * (2 ** (attempt - 1))
-    delay = base * (0.5 + random.random())
-    if retry_after is not None:
-        delay = max(delay, float(retry_after))
-    return min(delay, settings.TOKENFLOW_RETRY_MAX_DELAY)
+    return backoff_delay(
+        attempt,
+        base=settings.TOKENFLOW_RETRY_BACKOFF,
+        maximum=settings.TOKENFLOW_RETRY_MAX_DELAY,
+        retry_after=retry_after,
+    )
 
 
 async def _stream_model(

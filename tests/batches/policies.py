@@ -17,3 +17,15 @@ def give_up_on_429(item, trajectory):
     if trajectory[-1]["status_code"] == 429:
         return Fail("no patience for 429")
     return None
+
+
+def always_raise(item, trajectory):
+    """A broken hook: raises on every attempt."""
+    raise RuntimeError("hook bug")
+
+
+def circular_result(item, trajectory):
+    """A result JSON cannot encode (it contains itself)."""
+    result = {"text": "loop"}
+    result["self"] = result
+    return Done(result)

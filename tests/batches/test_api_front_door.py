@@ -140,8 +140,11 @@ def test_staff_session_post_needs_the_csrf_token(model, django_user_model, setti
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
 
-def test_staff_session_may_name_any_handler(staff_client, model):
+def test_staff_sessions_get_the_same_handler_allowlist(staff_client, model, settings):
     payload = {**PAYLOAD, "handler": "tests.batches.policies.give_up_on_429"}
+    response = staff_client.post("/api/batches", payload, content_type="application/json")
+    assert error(response, 403)["field"] == "handler"
+    settings.TOKENFLOW_BATCH_HANDLERS = ["tests.batches.policies.give_up_on_429"]
     response = staff_client.post("/api/batches", payload, content_type="application/json")
     assert response.status_code == 201, response.content
 

@@ -20,9 +20,17 @@ from tests.factories import mock_model, route
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+HANDLERS = [
+    "tests.batches.policies.shorten_then_shout",
+    "tests.batches.policies.give_up_on_429",
+    "tests.batches.policies.always_raise",
+]
+
+
 @pytest.fixture(autouse=True)
 def fast_backoff(settings):
     settings.TOKENFLOW_BATCH_BACKOFF_BASE = 0.001
+    settings.TOKENFLOW_BATCH_HANDLERS = HANDLERS
     reset_mock_calls()
 
 
