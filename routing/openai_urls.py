@@ -2,9 +2,10 @@
 
 from django.urls import path
 
-from routing.views.openai import chat_completions, models
+from routing.views.openai import chat_completions, completions, models
 
 urlpatterns = [
     path("chat/completions", chat_completions, name="openai-chat-completions"),
+    path("completions", completions, name="openai-completions"),
     path("models", models, name="openai-models"),
 ]

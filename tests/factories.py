@@ -10,7 +10,13 @@ _seq = count(1)
 def mock_model(
     name: str | None = None, *, rank: int = 100, enabled: bool = True, **options
 ) -> ModelRanking:
-    """A mock-provider model; `options` are MockProvider options (response, token_delay...)."""
+    """A mock-provider model; `options` are MockProvider options (response, token_delay...)
+    except `supports_*` and `passthrough_fields`, which are the row's capability fields."""
+    fields = {
+        key: options.pop(key)
+        for key in list(options)
+        if key.startswith("supports_") or key == "passthrough_fields"
+    }
     return ModelRanking.objects.create(
         name=name or f"mock/test-{next(_seq)}",
         provider=ModelRanking.Provider.MOCK,
@@ -18,6 +24,7 @@ def mock_model(
         rank=rank,
         enabled=enabled,
         options=options,
+        **fields,
     )
 
 

@@ -395,3 +395,17 @@ TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
+
+# ---------------------------------------------------------------------------
+# TokenFlow: the OpenAI surface (/v1: images, embeddings, files)
+# ---------------------------------------------------------------------------
+# Image parts per chat request, and the size of one image URL (a data: URL holds the image).
+TOKENFLOW_MAX_IMAGES = int(os.environ.get("TOKENFLOW_MAX_IMAGES", 16))
+TOKENFLOW_MAX_IMAGE_URL_CHARS = int(os.environ.get("TOKENFLOW_MAX_IMAGE_URL_CHARS", 10_000_000))
+# /v1/embeddings: inputs per request, the default model, and whether vectors are stored.
+TOKENFLOW_MAX_EMBEDDING_INPUTS = int(os.environ.get("TOKENFLOW_MAX_EMBEDDING_INPUTS", 2048))
+TOKENFLOW_EMBEDDING_MODEL = os.environ.get("TOKENFLOW_EMBEDDING_MODEL", "local/minilm")
+TOKENFLOW_EMBEDDINGS_STORE_VECTORS = env_bool("TOKENFLOW_EMBEDDINGS_STORE_VECTORS", False)
+# /v1/files: where uploaded and produced files live, and the largest upload accepted.
+TOKENFLOW_FILES_DIR = Path(os.environ.get("TOKENFLOW_FILES_DIR", VAR_DIR / "files"))
+TOKENFLOW_MAX_UPLOAD_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -1,5 +1,6 @@
 """A live daphne server on the test database, shared by the session (openai client tests)."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,17 +30,16 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture(scope="session")
-def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
-    """http://127.0.0.1:<port>; stopped before pytest-django drops the test database."""
-    with django_db_blocker.unblock():
-        database_url = _database_url()
+@contextlib.contextmanager
+def daphne_server(log_dir: Path, database_url: str, extra_env: dict[str, str] | None = None):
+    """A daphne subprocess on the test database: yields http://127.0.0.1:<port>."""
     port = _free_port()
-    log = (tmp_path_factory.mktemp("daphne") / "daphne.log").open("wb")
+    log = (log_dir / "daphne.log").open("wb")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
+        **(extra_env or {}),
     }
     process = subprocess.Popen(
         [
@@ -80,6 +80,25 @@ def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str
             process.kill()
             process.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """http://127.0.0.1:<port>; stopped before pytest-django drops the test database."""
+    with django_db_blocker.unblock():
+        database_url = _database_url()
+    with daphne_server(tmp_path_factory.mktemp("daphne"), database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def keyword_live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """A second live server whose classifier is the deterministic keyword backend."""
+    with django_db_blocker.unblock():
+        database_url = _database_url()
+    env = {"TOKENFLOW_CLASSIFIER": "tests.routing.fake_classifier.KeywordClassifier"}
+    with daphne_server(tmp_path_factory.mktemp("daphne-kw"), database_url, env) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)
