@@ -1,6 +1,7 @@
 from django.urls import path
 
 from routing.views.classify import ClassificationDetail, ClassificationList, ClassifyView
+from routing.views.embeddings import EmbeddingDetail, EmbeddingList
 from routing.views.generate import generate, models_select
 from routing.views.generations import GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
@@ -14,4 +15,6 @@ urlpatterns = [
     path("generate", generate, name="generate"),
     path("generations", GenerationList.as_view(), name="generation-list"),
     path("generations/<int:pk>", GenerationDetail.as_view(), name="generation-detail"),
+    path("embeddings", EmbeddingList.as_view(), name="embedding-list"),
+    path("embeddings/<int:pk>", EmbeddingDetail.as_view(), name="embedding-detail"),
 ]

@@ -253,6 +253,7 @@ TOKENFLOW_PROVIDERS = {
     "groq": "routing.providers.openai_compat.OpenAICompatProvider",
     "openrouter": "routing.providers.openai_compat.OpenAICompatProvider",
     "custom": "routing.providers.openai_compat.OpenAICompatProvider",
+    "local-embedding": "routing.providers.local_embedding.LocalEmbeddingProvider",
 }
 TOKENFLOW_PROVIDER_ENDPOINTS = {
     "openai": {
