@@ -10,6 +10,7 @@ os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
 import pytest  # noqa: E402
 
 from accounts.models import ApiKey  # noqa: E402
+from tests.live import daphne_server, database_url  # noqa: E402
 
 
 @pytest.fixture
@@ -43,3 +44,39 @@ def _close_executor_connections(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """http://127.0.0.1:<port>; stopped before pytest-django drops the test database."""
+    with django_db_blocker.unblock():
+        url_of_db = database_url()
+    with daphne_server(tmp_path_factory.mktemp("daphne"), url_of_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def keyword_live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """A second live server whose classifier is the deterministic keyword backend."""
+    with django_db_blocker.unblock():
+        url_of_db = database_url()
+    env = {"TOKENFLOW_CLASSIFIER": "tests.routing.fake_classifier.KeywordClassifier"}
+    with daphne_server(tmp_path_factory.mktemp("daphne-kw"), url_of_db, env) as url:
+        yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup, django_db_blocker):
+    """On PostgreSQL, end sessions left by async tests' worker threads (and by the live
+    server) so pytest-django can drop the test database at the end."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        if connection.vendor != "postgresql":
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "compression",
     "pipelines",
     "batches",
+    "openai_batches",
 ]
 
 MIDDLEWARE = [
@@ -117,6 +118,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("TOKENFLOW_MAX_UPLOAD_BYTES", 5
 # Database: SQLite (WAL) by default, DATABASE_URL for PostgreSQL
 # ---------------------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+# SQLite, however it is named: WAL, IMMEDIATE write transactions and a busy timeout, so that
+# daphne, batch workers and tests sharing the file wait for each other instead of failing.
+SQLITE_OPTIONS = {
+    "timeout": 30,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+    ),
+}
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -124,18 +134,14 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get(
             "TOKENFLOW_TEST_DB_NAME", "test_tokenflow"
         )
+    elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "tokenflow.sqlite3",
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": (
-                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
-                ),
-            },
+            "OPTIONS": SQLITE_OPTIONS,
             # A file (not :memory:) so live-server threads and worker processes share it.
             "TEST": {
                 "NAME": str(

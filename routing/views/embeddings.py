@@ -20,21 +20,21 @@ from tokenflow_site.errors import ApiError
 class EmbeddingListSerializer(serializers.Serializer):
     """Documentation of the response (OpenAI's list of embedding objects)."""
 
-    class _Item(serializers.Serializer):
+    class EmbeddingItem(serializers.Serializer):
         object = serializers.CharField()
         index = serializers.IntegerField()
         embedding = serializers.JSONField(
             help_text="floats, or base64 of little-endian float32 (encoding_format)."
         )
 
-    class _Usage(serializers.Serializer):
+    class EmbeddingUsage(serializers.Serializer):
         prompt_tokens = serializers.IntegerField()
         total_tokens = serializers.IntegerField()
 
     object = serializers.CharField()
-    data = _Item(many=True)
+    data = EmbeddingItem(many=True)
     model = serializers.CharField()
-    usage = _Usage()
+    usage = EmbeddingUsage()
 
 
 def encode(vector: list[float], encoding_format: str) -> Any:

@@ -105,7 +105,7 @@ class ChatCompletionSerializer(serializers.Serializer):
 class TextCompletionSerializer(serializers.Serializer):
     """Documentation of the legacy text_completion response."""
 
-    class _Choice(serializers.Serializer):
+    class TextChoice(serializers.Serializer):
         text = serializers.CharField()
         index = serializers.IntegerField()
         logprobs = serializers.JSONField(allow_null=True)
@@ -115,7 +115,7 @@ class TextCompletionSerializer(serializers.Serializer):
     object = serializers.CharField()
     created = serializers.IntegerField()
     model = serializers.CharField()
-    choices = _Choice(many=True)
+    choices = TextChoice(many=True)
     usage = _Usage()
 
 
