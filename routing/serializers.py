@@ -291,6 +291,11 @@ class SelectRequestSerializer(GenerateRequestSerializer):
 
 class ModelRankingSerializer(serializers.ModelSerializer):
     categories = serializers.SerializerMethodField()
+    capabilities = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="chat, tools, json_object, json_schema, vision, embeddings",
+    )
 
     class Meta:
         model = ModelRanking
@@ -305,6 +310,7 @@ class ModelRankingSerializer(serializers.ModelSerializer):
             "output_price_per_mtok",
             "context_window",
             "description",
+            "capabilities",
             "categories",
         ]
 
@@ -350,7 +356,9 @@ class GenerationSerializer(serializers.ModelSerializer):
             "prompt_id",
             "prompt_text",
             "input_messages",
+            "options",
             "output_text",
+            "tool_calls",
             "finish_reason",
             "prompt_tokens",
             "completion_tokens",

@@ -255,3 +255,31 @@ def test_no_capable_model_is_a_400(db):
     with pytest.raises(ApiError) as info:
         _route("any", ["chat", "json_schema"])
     assert info.value.status == 400 and info.value.code == "no_capable_model"
+
+
+def test_admin_shows_capabilities_and_tool_calls(staff_client):
+    model = mock_model("mock/admin", supports_tools=True)
+    row = Generation.objects.create(
+        model=model,
+        model_name=model.name,
+        provider="mock",
+        status="completed",
+        tool_calls=[
+            {"id": "c9", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+        ],
+    )
+    page = staff_client.get("/admin/routing/modelranking/")
+    assert page.status_code == 200 and b"supports_tools" in page.content
+    change = staff_client.get(f"/admin/routing/modelranking/{model.pk}/change/")
+    assert change.status_code == 200 and b"Capabilities" in change.content
+    generation = staff_client.get(f"/admin/routing/generation/{row.pk}/change/")
+    assert generation.status_code == 200 and b"lookup" in generation.content
+    assert staff_client.get("/admin/routing/embedding/").status_code == 200
+    assert staff_client.get("/admin/openai_batches/file/").status_code == 200
+    assert staff_client.get("/admin/openai_batches/openaibatch/").status_code == 200
+    rankings = staff_client.get("/api/model-rankings").json()
+    listed = rankings["results"] if isinstance(rankings, dict) else rankings
+    assert next(m for m in listed if m["name"] == "mock/admin")["capabilities"] == [
+        "chat",
+        "tools",
+    ]

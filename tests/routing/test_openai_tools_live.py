@@ -270,3 +270,30 @@ def test_auto_with_tools_never_picks_a_model_without_tool_support(
     rows = Generation.objects.filter(model_name="up/auto-tools").select_related("classification")
     assert rows.count() == 3
     assert not Generation.objects.filter(model_name="mock/no-tools", options__has_key="tools")
+
+
+def test_legacy_completions_with_the_sdk(client):
+    mock_model("mock/legacy", response="alpha beta gamma delta")
+    completion = client.completions.create(
+        model="mock/legacy", prompt="Say four words:", max_tokens=3, echo=True
+    )
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == "Say four words:alpha beta gamma"  # prompt + answer
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+    row = Generation.objects.get(pk=int(completion.id.removeprefix("cmpl-")))
+    assert row.input_messages == [{"role": "user", "content": "Say four words:"}]
+
+    default = client.completions.create(model="mock/legacy", prompt=["Go"])
+    assert default.choices[0].text == "alpha beta gamma delta"  # 16 tokens by default
+
+    stream = client.completions.create(
+        model="mock/legacy", prompt="x", stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "alpha beta gamma delta"
+    assert chunks[-1].usage.total_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="mock/legacy", prompt=["a", "b"])
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="mock/legacy", prompt="a", suffix="b")
