@@ -6,6 +6,13 @@ overridden per request by the model id, e.g. `bench?chunks=5&gap=0.01&status=429
 &retry_after=2&stall_after=3`. Each chunk carries `sent_at` (time.time()) so a client can
 measure how late it arrived. `server.log` records ("start"|"done"|"disconnected", model).
 
+Scripted answers (for the /v1 pass-through tests): every request body is kept in
+`server.requests`; with `?tool_calls=N` and `tools` in the request, it calls N tools
+(tools[i % len], arguments {"i": i, "tool": name}) streamed as OpenAI tool-call deltas;
+a conversation ending with `tool` messages is answered "tool results: ..."; a
+`response_format` is answered with JSON naming it; image parts are counted in the answer.
+`POST /v1/embeddings` answers deterministic vectors (`?dimensions=N`, default 8).
+
     .venv/bin/python bench/mock_upstream.py --port 8911 --chunks 50 --gap 0.02
 """
 
@@ -24,6 +31,7 @@ class MockUpstream:
         self.gap = gap
         self.log: list[tuple[str, str]] = []
         self.calls: defaultdict[str, int] = defaultdict(int)
+        self.requests: list[dict] = []
         self.server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -73,11 +81,18 @@ class MockUpstream:
         writer.write(data)
 
     async def _handle(self, method: str, path: str, body: bytes, writer) -> None:
+        if method == "POST" and path.rstrip("/").endswith("/embeddings"):
+            request = json.loads(body or b"{}")
+            self.requests.append(request)
+            self._json(writer, 200, embeddings(request))
+            await writer.drain()
+            return
         if not (method == "POST" and path.rstrip("/").endswith("/chat/completions")):
             self._json(writer, 404, {"error": {"message": "not found"}})
             await writer.drain()
             return
         request = json.loads(body or b"{}")
+        self.requests.append(request)
         model = str(request.get("model", "bench"))
         query = {k: v[0] for k, v in parse_qs(model.partition("?")[2]).items()}
         chunks = int(query.get("chunks", self.chunks))
@@ -89,6 +104,10 @@ class MockUpstream:
             message = query.get("message", f"mock {status}")
             self._json(writer, status, {"error": {"message": message}}, extra)
             await writer.drain()
+            return
+        scripted = script(request, query)
+        if scripted is not None:
+            await self._scripted(writer, request, model, *scripted)
             return
         if not request.get("stream"):
             await asyncio.sleep(gap * chunks)
@@ -116,6 +135,115 @@ class MockUpstream:
         except (ConnectionError, asyncio.CancelledError):
             self.log.append(("disconnected", model))
             raise
+
+    async def _scripted(self, writer, request: dict, model: str, text: str, calls: list) -> None:
+        """Answer a scripted request: text words or tool calls, streamed or not."""
+        finish = "tool_calls" if calls else "stop"
+        if not request.get("stream"):
+            body = completion(model, text, len(text.split()) + len(calls))
+            message = body["choices"][0]["message"]
+            if calls:
+                message["content"] = None
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": c["function"]} for c in calls
+                ]
+            body["choices"][0]["finish_reason"] = finish
+            self._json(writer, 200, body)
+            await writer.drain()
+            return
+        self._send_head(writer, 200, "text/event-stream")
+        for index, word in enumerate(text.split(" ") if text else []):
+            _chunk(writer, chunk(model, word if index == 0 else " " + word))
+        for index, call in enumerate(calls):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            for delta in (
+                head,
+                {"index": index, "function": {"arguments": arguments[:half]}},
+                {"index": index, "function": {"arguments": arguments[half:]}},
+            ):
+                _chunk(writer, tool_chunk(model, delta))
+            await writer.drain()
+        _chunk(writer, chunk(model, "", finish_reason=finish))
+        _chunk(writer, usage_chunk(model, len(text.split()) + len(calls)))
+        _chunk(writer, "[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def script(request: dict, query: dict) -> tuple[str, list] | None:
+    """(text, tool calls) for a request that asks for scripted behaviour, else None."""
+    messages = request.get("messages") or []
+    tools = request.get("tools") or []
+    if messages and messages[-1].get("role") == "tool":
+        results = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            results.insert(0, f"{message.get('tool_call_id')}={message.get('content')}")
+        return "tool results: " + "; ".join(results), []
+    count = int(query.get("tool_calls", 0))
+    if tools and count:
+        calls = []
+        for i in range(count):
+            name = tools[i % len(tools)]["function"]["name"]
+            arguments = json.dumps({"i": i, "tool": name})
+            calls.append({"id": f"call_up_{i}", "function": {"name": name, "arguments": arguments}})
+        return "", calls
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") == "json_object":
+        return json.dumps({"format": "json_object"}), []
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        properties = sorted((spec.get("schema") or {}).get("properties") or {})
+        return json.dumps({"schema": spec.get("name"), "properties": properties}), []
+    images = [
+        part["image_url"]["url"]
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == "image_url"
+    ]
+    if images:
+        return f"images: {len(images)} first: {images[0][:40]}", []
+    return None
+
+
+def embeddings(request: dict) -> dict:
+    """Deterministic vectors: position-coded by input length and index."""
+    model = str(request.get("model", "embed"))
+    query = {k: v[0] for k, v in parse_qs(model.partition("?")[2]).items()}
+    dimensions = int(request.get("dimensions") or query.get("dimensions", 8))
+    inputs = request.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    data = []
+    for index, text in enumerate(inputs):
+        size = len(text) if isinstance(text, str | list) else 1
+        vector = [float((size + index + d) % 7) for d in range(dimensions)]
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(len(str(t).split()) for t in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def tool_chunk(model: str, delta: dict) -> dict:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}],
+    }
 
 
 def _chunk(writer, data: dict | str) -> None:

@@ -17,6 +17,7 @@ from routing.models import (
     CategoryExample,
     CategoryRoute,
     Classification,
+    Embedding,
     Generation,
     ModelRanking,
     Prompt,
@@ -57,13 +58,74 @@ class ModelRankingAdmin(admin.ModelAdmin):
         "input_price_per_mtok",
         "output_price_per_mtok",
         "context_window",
+        "supports_chat",
+        "supports_tools",
+        "supports_json_object",
+        "supports_json_schema",
+        "supports_vision",
+        "supports_embeddings",
         "updated_at",
     ]
-    list_editable = ["rank", "enabled"]
-    list_filter = ["provider", "enabled"]
+    list_editable = [
+        "rank",
+        "enabled",
+        "supports_chat",
+        "supports_tools",
+        "supports_json_object",
+        "supports_json_schema",
+        "supports_vision",
+        "supports_embeddings",
+    ]
+    list_filter = [
+        "provider",
+        "enabled",
+        "supports_chat",
+        "supports_tools",
+        "supports_json_schema",
+        "supports_vision",
+        "supports_embeddings",
+    ]
     search_fields = ["name", "upstream_model", "description"]
     date_hierarchy = "created_at"
     inlines = [CategoryRouteInline]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "provider",
+                    "upstream_model",
+                    "base_url",
+                    "api_key_env",
+                    "rank",
+                    "enabled",
+                    "description",
+                ]
+            },
+        ),
+        (
+            "Capabilities",
+            {
+                "description": "A request needing a capability the model lacks is refused "
+                '(400); model "auto" skips the model.',
+                "fields": [
+                    "supports_chat",
+                    "supports_tools",
+                    "supports_json_object",
+                    "supports_json_schema",
+                    "supports_vision",
+                    "supports_embeddings",
+                    "passthrough_fields",
+                ],
+            },
+        ),
+        (
+            "Prices and limits",
+            {"fields": ["input_price_per_mtok", "output_price_per_mtok", "context_window"]},
+        ),
+        ("Provider options", {"fields": ["options"]}),
+    ]
 
 
 class CategoryExampleFormSet(BaseInlineFormSet):
@@ -460,6 +522,8 @@ class GenerationAdmin(ReadOnlyAdmin):
         "provider",
         "transport",
         "status",
+        "finish_reason",
+        "tool_call_count",
         "prompt_tokens",
         "completion_tokens",
         "ttft_ms",
@@ -472,12 +536,13 @@ class GenerationAdmin(ReadOnlyAdmin):
     list_select_related = ["prompt"]
     fieldsets = [
         (None, {"fields": ["status", "model_name", "provider", "upstream_model", "transport"]}),
-        ("Input", {"fields": ["prompt", "input_messages", "parameters"]}),
+        ("Input", {"fields": ["prompt", "input_messages", "parameters", "options"]}),
         (
             "Output",
             {
                 "fields": [
                     "output_text",
+                    "tool_calls",
                     "finish_reason",
                     "error_code",
                     "error_message",
@@ -502,3 +567,25 @@ class GenerationAdmin(ReadOnlyAdmin):
         ),
         ("Links", {"fields": ["api_key", "model", "classification", "compression"]}),
     ]
+
+    @admin.display(description="tool calls")
+    def tool_call_count(self, obj):
+        return len(obj.tool_calls or [])
+
+
+@admin.register(Embedding)
+class EmbeddingAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "model_name",
+        "provider",
+        "status",
+        "input_count",
+        "dimensions",
+        "prompt_tokens",
+        "duration_ms",
+        "created_at",
+    ]
+    list_filter = ["status", "provider", "model_name", "created_at"]
+    search_fields = ["model_name", "error_message"]
+    date_hierarchy = "created_at"

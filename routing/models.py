@@ -53,6 +53,7 @@ class ModelRanking(models.Model):
         GROQ = "groq", "Groq"
         OPENROUTER = "openrouter", "OpenRouter"
         CUSTOM = "custom", "OpenAI-compatible (custom base URL)"
+        LOCAL_EMBEDDING = "local-embedding", "Local embedding model (MiniLM)"
 
     name = models.CharField(max_length=200, unique=True, help_text="Public name, e.g. groq/llama")
     provider = models.CharField(max_length=20, choices=Provider.choices)
@@ -70,6 +71,26 @@ class ModelRanking(models.Model):
         default=dict, blank=True, help_text="Provider options (mock: response, token_delay, ...)."
     )
     description = models.CharField(max_length=300, blank=True)
+    # Capabilities: a request that needs one the model lacks is a 400 naming it; model
+    # "auto" skips such models (routing.services.selection).
+    supports_chat = models.BooleanField(default=True, help_text="Chat completions.")
+    supports_tools = models.BooleanField(
+        default=False, help_text="Function calling (tools, tool_choice, tool messages)."
+    )
+    supports_json_object = models.BooleanField(
+        default=False, help_text='response_format {"type": "json_object"}.'
+    )
+    supports_json_schema = models.BooleanField(
+        default=False, help_text='response_format {"type": "json_schema"} (structured output).'
+    )
+    supports_vision = models.BooleanField(default=False, help_text="image_url content parts.")
+    supports_embeddings = models.BooleanField(default=False, help_text="/v1/embeddings.")
+    passthrough_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Request fields TokenFlow does not know that may be forwarded to this "
+        'model\'s upstream as they are (e.g. ["top_k", "provider"]); others are dropped.',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,6 +122,15 @@ class ModelRanking(models.Model):
             errors["base_url"] = problem
         if errors:
             raise ValidationError(errors)
+
+    def supports(self, capability: str) -> bool:
+        """`capability` is one of routing.messages.CAPABILITIES."""
+        return bool(getattr(self, f"supports_{capability}"))
+
+    def capabilities(self) -> list[str]:
+        from routing.messages import CAPABILITIES
+
+        return [name for name in CAPABILITIES if self.supports(name)]
 
 
 class CategoryRoute(models.Model):
@@ -205,8 +235,16 @@ class Generation(models.Model):
         max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True
     )
     parameters = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="OpenAI fields forwarded upstream: tools, tool_choice, response_format, ...",
+    )
     input_messages = models.JSONField(default=list)
     output_text = models.TextField(blank=True)
+    tool_calls = models.JSONField(
+        null=True, blank=True, help_text="The tool calls the model made, assembled."
+    )
     finish_reason = models.CharField(max_length=32, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -232,6 +270,41 @@ class Generation(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.model_name} {self.status}"
+
+
+class Embedding(models.Model):
+    """One /v1/embeddings call: what was embedded (hashed), by which model, at what cost.
+    The vectors themselves are kept only with TOKENFLOW_EMBEDDINGS_STORE_VECTORS."""
+
+    class Status(models.TextChoices):
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    model = models.ForeignKey(
+        ModelRanking, null=True, blank=True, on_delete=models.SET_NULL, related_name="embeddings"
+    )
+    model_name = models.CharField(max_length=200, db_index=True)
+    provider = models.CharField(max_length=20, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, db_index=True)
+    input_count = models.PositiveIntegerField(default=0)
+    input_sha256 = models.JSONField(default=list, help_text="SHA-256 of each input, in order.")
+    dimensions = models.PositiveIntegerField(null=True, blank=True)
+    encoding_format = models.CharField(max_length=10, default="float")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    vectors = models.JSONField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.model_name} x{self.input_count}"
 
 
 MAX_EXAMPLE_CHARS = 1000

@@ -68,7 +68,43 @@ SEED_MODELS = [
         128000,
         "OpenAI GPT-4o mini; enable once OPENAI_API_KEY is set.",
     ),
+    (
+        "local/minilm",
+        "local-embedding",
+        "all-MiniLM-L6-v2",
+        60,
+        True,
+        0,
+        0,
+        256,
+        "all-MiniLM-L6-v2 sentence embeddings (384 dimensions) on this machine's CPU.",
+    ),
+    (
+        "openai/text-embedding-3-small",
+        "openai",
+        "text-embedding-3-small",
+        70,
+        False,
+        0.02,
+        0,
+        8191,
+        "OpenAI text-embedding-3-small; enable once OPENAI_API_KEY is set.",
+    ),
 ]
+
+# What each seeded model supports (ModelRanking.supports_*; staff can change them). The
+# local SmolLM2 declares text chat only: it cannot call tools or keep to a schema reliably.
+SEED_CAPABILITIES = {
+    "local/smollm2-135m-instruct": {"chat"},
+    "mock/echo": {"chat", "tools", "json_object", "json_schema", "vision", "embeddings"},
+    "groq/llama-3.3-70b-versatile": {"chat", "tools", "json_object"},
+    "groq/llama-3.1-8b-instant": {"chat", "tools", "json_object"},
+    "openrouter/deepseek/deepseek-r1": {"chat"},
+    "openai/gpt-4o-mini": {"chat", "tools", "json_object", "json_schema", "vision"},
+    "local/minilm": {"embeddings"},
+    "openai/text-embedding-3-small": {"embeddings"},
+}
+CAPABILITY_NAMES = ("chat", "tools", "json_object", "json_schema", "vision", "embeddings")
 
 SEED_CATEGORIES = {
     "reasoning": (
@@ -94,11 +130,27 @@ SEED_CATEGORIES = {
 }
 
 
+def _has_capabilities(model_ranking) -> bool:
+    """False for the historical model of migrations older than the capability fields."""
+    return any(f.name == "supports_tools" for f in model_ranking._meta.get_fields())
+
+
+def seed_capabilities(model_ranking, names=None) -> None:
+    """Set the capability fields of the seeded models (all, or `names`) that exist."""
+    for name, capabilities in SEED_CAPABILITIES.items():
+        if names is not None and name not in names:
+            continue
+        model_ranking.objects.filter(name=name).update(
+            **{f"supports_{c}": c in capabilities for c in CAPABILITY_NAMES}
+        )
+
+
 def seed_routing(model_ranking, category_route) -> None:
     """Create the seed rows that are missing (idempotent; staff edits are kept)."""
     by_name = {}
+    created_names = set()
     for name, provider, upstream, rank, enabled, pin, pout, ctx, desc in SEED_MODELS:
-        by_name[name], _ = model_ranking.objects.get_or_create(
+        by_name[name], created = model_ranking.objects.get_or_create(
             name=name,
             defaults=dict(
                 provider=provider,
@@ -111,6 +163,10 @@ def seed_routing(model_ranking, category_route) -> None:
                 description=desc,
             ),
         )
+        if created:
+            created_names.add(name)
+    if _has_capabilities(model_ranking):
+        seed_capabilities(model_ranking, created_names)
     for category, (description, models) in SEED_CATEGORIES.items():
         for position, name in enumerate(models):
             category_route.objects.get_or_create(

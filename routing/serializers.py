@@ -379,6 +379,11 @@ class SelectRequestSerializer(GenerateRequestSerializer):
 
 class ModelRankingSerializer(serializers.ModelSerializer):
     categories = serializers.SerializerMethodField()
+    capabilities = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="chat, tools, json_object, json_schema, vision, embeddings",
+    )
 
     class Meta:
         model = ModelRanking
@@ -393,6 +398,7 @@ class ModelRankingSerializer(serializers.ModelSerializer):
             "output_price_per_mtok",
             "context_window",
             "description",
+            "capabilities",
             "categories",
         ]
 
@@ -453,7 +459,9 @@ class GenerationSerializer(serializers.ModelSerializer):
             "prompt_id",
             "prompt_text",
             "input_messages",
+            "options",
             "output_text",
+            "tool_calls",
             "finish_reason",
             "prompt_tokens",
             "completion_tokens",
@@ -468,41 +476,3 @@ class GenerationSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
-
-
-class StreamOptionsSerializer(serializers.Serializer):
-    include_usage = StrictBooleanField(required=False, default=False)
-
-
-class ChatCompletionRequestSerializer(SamplingSerializer):
-    """POST /v1/chat/completions (OpenAI's body; TokenFlow adds `compress`)."""
-
-    messages = MessagesField()
-    model = StrictCharField(max_length=MAX_MODEL_NAME_CHARS, help_text='A model name or "auto".')
-    max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
-    n = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
-    stream = StrictBooleanField(required=False, default=False)
-    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
-    user = StrictCharField(required=False, allow_null=True, max_length=256)
-    compress = CompressOptionsSerializer(required=False, allow_null=True)
-
-    def openapi_request_schema(self, schema: dict) -> None:
-        super().openapi_request_schema(schema)
-        schema["properties"]["messages"]["maxItems"] = settings.TOKENFLOW_MAX_MESSAGES
-
-    def validate(self, attrs: dict[str, Any]) -> GenerationRequest:
-        if attrs.get("max_tokens") is None and attrs.get("max_completion_tokens") is not None:
-            attrs["max_tokens"] = self.validate_max_tokens(attrs["max_completion_tokens"])
-        size = sum(len(m["content"]) for m in attrs["messages"])
-        if size > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("messages", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
-        return GenerationRequest(
-            messages=attrs["messages"],
-            model=attrs["model"],
-            params=self.params(attrs),
-            compress=attrs.get("compress"),
-            extra={
-                "stream": attrs.get("stream", False),
-                "include_usage": bool((attrs.get("stream_options") or {}).get("include_usage")),
-            },
-        )

@@ -17,6 +17,9 @@ def count_tokens(text: str, *, encoding: str | None = None) -> int:
     return len(_encoding(encoding or settings.TOKENFLOW_TOKENIZER_ENCODING).encode(text))
 
 
-def count_message_tokens(messages: list[dict[str, str]]) -> int:
-    """Approximate chat prompt size: content tokens plus a few per message (OpenAI's rule)."""
-    return sum(count_tokens(m.get("content", "")) + 4 for m in messages) + 2
+def count_message_tokens(messages: list[dict]) -> int:
+    """Approximate chat prompt size: content tokens plus a few per message (OpenAI's rule);
+    text parts and tool calls count, images do not."""
+    from routing.messages import message_text
+
+    return sum(count_tokens(message_text(m)) + 4 for m in messages) + 2

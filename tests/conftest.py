@@ -15,6 +15,7 @@ from django.conf import settings as django_settings  # noqa: E402
 django_settings.TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS = True  # settings were read before this file
 
 from accounts.models import ApiKey  # noqa: E402
+from tests.live import daphne_server, database_url  # noqa: E402
 
 
 @pytest.fixture
@@ -48,6 +49,25 @@ def _close_executor_connections(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """http://127.0.0.1:<port>; stopped before pytest-django drops the test database."""
+    with django_db_blocker.unblock():
+        url_of_db = database_url()
+    with daphne_server(tmp_path_factory.mktemp("daphne"), url_of_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def keyword_live_server_url(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
+    """A second live server whose classifier is the deterministic keyword backend."""
+    with django_db_blocker.unblock():
+        url_of_db = database_url()
+    env = {"TOKENFLOW_CLASSIFIER": "tests.routing.fake_classifier.KeywordClassifier"}
+    with daphne_server(tmp_path_factory.mktemp("daphne-kw"), url_of_db, env) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)

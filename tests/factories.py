@@ -15,7 +15,13 @@ def mock_model(
     context_window: int = 8192,
     **options,
 ) -> ModelRanking:
-    """A mock-provider model; `options` are MockProvider options (response, token_delay...)."""
+    """A mock-provider model; `options` are MockProvider options (response, token_delay...)
+    except `supports_*` and `passthrough_fields`, which are the row's capability fields."""
+    fields = {
+        key: options.pop(key)
+        for key in list(options)
+        if key.startswith("supports_") or key == "passthrough_fields"
+    }
     return ModelRanking.objects.create(
         name=name or f"mock/test-{next(_seq)}",
         provider=ModelRanking.Provider.MOCK,
@@ -24,6 +30,7 @@ def mock_model(
         enabled=enabled,
         context_window=context_window,
         options=options,
+        **fields,
     )
 
 

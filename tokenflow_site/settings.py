@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "compression",
     "pipelines",
     "batches",
+    "openai_batches",
 ]
 
 MIDDLEWARE = [
@@ -117,6 +118,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("TOKENFLOW_MAX_UPLOAD_BYTES", 5
 # Database: SQLite (WAL) by default, DATABASE_URL for PostgreSQL
 # ---------------------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+# SQLite, however it is named: WAL, IMMEDIATE write transactions and a busy timeout, so that
+# daphne, batch workers and tests sharing the file wait for each other instead of failing.
+SQLITE_OPTIONS = {
+    "timeout": 30,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+    ),
+}
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -124,18 +134,14 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get(
             "TOKENFLOW_TEST_DB_NAME", "test_tokenflow"
         )
+    elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "tokenflow.sqlite3",
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": (
-                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
-                ),
-            },
+            "OPTIONS": SQLITE_OPTIONS,
             # A file (not :memory:) so live-server threads and worker processes share it.
             "TEST": {
                 "NAME": str(
@@ -260,6 +266,7 @@ TOKENFLOW_PROVIDERS = {
     "groq": "routing.providers.openai_compat.OpenAICompatProvider",
     "openrouter": "routing.providers.openai_compat.OpenAICompatProvider",
     "custom": "routing.providers.openai_compat.OpenAICompatProvider",
+    "local-embedding": "routing.providers.local_embedding.LocalEmbeddingProvider",
 }
 TOKENFLOW_PROVIDER_ENDPOINTS = {
     "openai": {
@@ -453,3 +460,17 @@ TOKENFLOW_API_KEY_ENV_PATTERNS = [
 ]
 # Let model base URLs point at private / loopback / link-local hosts (local vLLM, Ollama).
 TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS = env_bool("TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS", False)
+
+# ---------------------------------------------------------------------------
+# TokenFlow: the OpenAI surface (/v1: images, embeddings, files)
+# ---------------------------------------------------------------------------
+# Image parts per chat request, and the size of one image URL (a data: URL holds the image).
+TOKENFLOW_MAX_IMAGES = int(os.environ.get("TOKENFLOW_MAX_IMAGES", 16))
+TOKENFLOW_MAX_IMAGE_URL_CHARS = int(os.environ.get("TOKENFLOW_MAX_IMAGE_URL_CHARS", 10_000_000))
+# /v1/embeddings: inputs per request, the default model, and whether vectors are stored.
+TOKENFLOW_MAX_EMBEDDING_INPUTS = int(os.environ.get("TOKENFLOW_MAX_EMBEDDING_INPUTS", 2048))
+TOKENFLOW_EMBEDDING_MODEL = os.environ.get("TOKENFLOW_EMBEDDING_MODEL", "local/minilm")
+TOKENFLOW_EMBEDDINGS_STORE_VECTORS = env_bool("TOKENFLOW_EMBEDDINGS_STORE_VECTORS", False)
+# /v1/files: where uploaded and produced files live, and the largest upload accepted.
+TOKENFLOW_FILES_DIR = Path(os.environ.get("TOKENFLOW_FILES_DIR", VAR_DIR / "files"))
+TOKENFLOW_MAX_UPLOAD_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -33,5 +33,6 @@ urlpatterns = [
     path("api/", include("pipelines.urls")),
     path("api/", include("batches.urls")),
     path("v1/", include("routing.openai_urls")),
+    path("v1/", include("openai_batches.urls")),
     path("metrics", metrics, name="metrics"),
 ]

@@ -18,16 +18,25 @@ _instances: dict[tuple[str, str], Classifier] = {}
 __all__ = ["Category", "Classifier", "ClassifierResult", "get_classifier"]
 
 
-def get_classifier() -> Classifier:
-    """The configured backend, one instance per (backend, model) per process."""
-    backend = settings.TOKENFLOW_CLASSIFIER
-    model = settings.TOKENFLOW_CLASSIFIER_MODEL
-    key = (backend, model)
+def _instance(backend: str, model: str) -> Classifier:
+    """One instance per (backend, model) per process (the model loads once, lazily)."""
+    key = (BACKENDS.get(backend, backend), model)
     instance = _instances.get(key)
     if instance is None:
         with _lock:
             instance = _instances.get(key)
             if instance is None:
-                instance = import_string(BACKENDS.get(backend, backend))(model=model)
+                instance = import_string(key[0])(model=model)
                 _instances[key] = instance
     return instance
+
+
+def get_classifier() -> Classifier:
+    """The configured backend, one instance per (backend, model) per process."""
+    return _instance(settings.TOKENFLOW_CLASSIFIER, settings.TOKENFLOW_CLASSIFIER_MODEL)
+
+
+def minilm():
+    """The process's all-MiniLM-L6-v2 (an EmbeddingClassifier): the very instance the
+    default classifier uses, so /v1/embeddings and classification share one loaded copy."""
+    return _instance("embedding", "")

@@ -112,6 +112,19 @@ class EmbeddingClassifier(Classifier):
         with self._run_lock:
             return self._forward(texts)
 
+    def embed_counted(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """(embeddings, tokens embedded) for many texts, `batch_size` per forward pass
+        (bounded padding memory); texts beyond 256 tokens are truncated, as in training."""
+        self.load()
+        rows, tokens = [], 0
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            with self._run_lock:
+                encoded = self._tokenizer(batch, truncation=True, max_length=MAX_TOKENS)
+                tokens += sum(len(ids) for ids in encoded["input_ids"])
+                rows.append(self._forward(batch))
+        return np.concatenate(rows), tokens
+
     def _forward(self, texts: list[str]) -> np.ndarray:
         import torch
 

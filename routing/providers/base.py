@@ -9,14 +9,20 @@ from typing import Any
 class ChatRequest:
     """What a provider needs for one call (already validated by the service)."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # OpenAI messages (content may be parts; tool calls)
     model: str  # the upstream model id
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # OpenAI request fields forwarded as they are (tools, tool_choice, parallel_tool_calls,
+    # response_format, logprobs, top_logprobs, n, user) and `extra_body`: the client's
+    # unknown fields this model's allowlist lets through (ModelRanking.passthrough_fields).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -28,6 +34,27 @@ class Chunk:
     usage: dict[str, int] | None = None
     # Informational events (e.g. local queue position) carry no text.
     info: dict[str, Any] | None = None
+    # Tool-call deltas as OpenAI streams them: {"index", "id"?, "type"?, "function":
+    # {"name"?, "arguments"?}}; the service assembles them by index.
+    tool_calls: list[dict[str, Any]] | None = None
+    # Token log probabilities of this chunk's text (OpenAI's `logprobs.content` items).
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Inputs to embed: strings (or token-id lists, upstream only)."""
+
+    inputs: list[Any]
+    model: str  # the upstream model id
+    dimensions: int | None = None
+    user: str | None = None
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 # What API clients read for upstream and configuration failures: a stable code and a
@@ -96,10 +123,43 @@ class BaseProvider:
     def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         raise NotImplementedError
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """Vectors for `request.inputs` (models with the embeddings capability)."""
+        raise ProviderError(
+            f"Provider of model '{self.name}' cannot embed.", code="not_supported", status=400
+        )
+
     async def complete(self, request: ChatRequest) -> Chunk:
-        """The whole answer as one chunk (non-streaming callers)."""
-        parts, last = [], Chunk()
+        """The whole answer as one chunk (non-streaming callers); tool calls assembled."""
+        parts, finish_reason, usage = [], None, None
+        calls: dict[int, dict[str, Any]] = {}
         async for chunk in self.stream(request):
             parts.append(chunk.text)
-            last = chunk
-        return Chunk("".join(parts), finish_reason=last.finish_reason, usage=last.usage)
+            finish_reason = chunk.finish_reason or finish_reason
+            usage = chunk.usage or usage
+            for delta in chunk.tool_calls or []:
+                tool_call_merge(calls, delta)
+        return Chunk(
+            "".join(parts),
+            finish_reason=finish_reason,
+            usage=usage,
+            tool_calls=[calls[i] for i in sorted(calls)] or None,
+        )
+
+
+def tool_call_merge(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Fold one streamed tool-call delta into `calls` (index -> assembled call): the id,
+    type and name arrive once, the arguments in fragments."""
+    index = int(delta.get("index") or 0)
+    call = calls.setdefault(
+        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    if delta.get("type"):
+        call["type"] = delta["type"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        call["function"]["arguments"] += function["arguments"]

@@ -5,6 +5,10 @@ once (default 4), up to TOKENFLOW_LOCAL_QUEUE_SIZE wait (told their position by
 `Chunk(info={"queue_position": n})`), the next one gets a 503 `queue_full` with Retry-After.
 One worker thread runs the model; greedy requests that wait together share one batched
 `generate` call. Closing a stream sets a flag that is checked after every token.
+
+Capabilities (seeded on its ModelRanking row): text chat only. SmolLM2-135M cannot call
+tools or keep to a JSON schema reliably and has no vision, so its row declares none of
+them and requests that need them are refused (400) or routed elsewhere (model "auto").
 """
 
 import asyncio
@@ -18,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from routing.messages import text_messages
 from routing.providers.base import BaseProvider, ChatRequest, Chunk, ProviderError
 
 Emit = Callable[[Chunk], None]
@@ -184,7 +189,10 @@ def hf_generate(request: ChatRequest, emit: Emit, cancelled: threading.Event) ->
 
     tokenizer, model = load_local_model()
     inputs = tokenizer.apply_chat_template(
-        request.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        text_messages(request.messages),
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     prompt_length = inputs["input_ids"].shape[1]
     max_new = request.max_tokens or settings.TOKENFLOW_LOCAL_DEFAULT_MAX_TOKENS
@@ -252,7 +260,11 @@ def hf_generate_batch(jobs: list[Job]) -> None:
 
     tokenizer, model = load_local_model()
     prompts = [
-        list(tokenizer.apply_chat_template(job.request.messages, add_generation_prompt=True))
+        list(
+            tokenizer.apply_chat_template(
+                text_messages(job.request.messages), add_generation_prompt=True
+            )
+        )
         for job in jobs
     ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

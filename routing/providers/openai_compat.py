@@ -15,7 +15,14 @@ from typing import Any
 
 from django.conf import settings
 
-from routing.providers.base import BaseProvider, ChatRequest, Chunk, ProviderError
+from routing.providers.base import (
+    BaseProvider,
+    ChatRequest,
+    Chunk,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ProviderError,
+)
 from routing.providers.safety import api_key_env_problem, base_url_problem
 
 # Clients hold connections bound to the loop that opened them: one pool per loop.
@@ -23,6 +30,28 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, 
     weakref.WeakKeyDictionary()
 )
 NO_KEY = "not-needed"  # local servers (vLLM, Ollama) accept any key
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+)
+# ChatRequest.options that go upstream as named arguments (validated by the serializer).
+FORWARDED_FIELDS = frozenset(
+    {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "n",
+        "user",
+    }
+)
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -156,11 +185,38 @@ class OpenAICompatProvider(BaseProvider):
     @staticmethod
     def _arguments(request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {"model": request.model, "messages": request.messages}
-        for name in ("temperature", "top_p", "max_tokens", "stop", "seed"):
+        for name in SAMPLING_FIELDS:
             value = getattr(request, name)
             if value is not None:
                 arguments[name] = value
+        options = dict(request.options)
+        extra_body = options.pop("extra_body", None)
+        arguments.update({k: v for k, v in options.items() if k in FORWARDED_FIELDS})
+        if extra_body:
+            arguments["extra_body"] = extra_body  # the SDK merges it into the JSON body
         return arguments
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        import openai
+
+        self.check_ready()
+        client = client_for(self._base_url(), self._api_key())
+        arguments: dict[str, Any] = {
+            "model": request.model,
+            "input": request.inputs,
+            "encoding_format": "float",
+        }
+        if request.dimensions is not None:
+            arguments["dimensions"] = request.dimensions
+        if request.user:
+            arguments["user"] = request.user
+        try:
+            response = await client.embeddings.create(**arguments)
+        except openai.OpenAIError as exc:
+            raise error_from_sdk(exc) from exc
+        rows = sorted(response.data, key=lambda row: row.index)
+        usage = response.usage.prompt_tokens if response.usage is not None else 0
+        return EmbeddingResult([list(row.embedding) for row in rows], prompt_tokens=usage)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         import openai
@@ -190,8 +246,26 @@ class OpenAICompatProvider(BaseProvider):
                             yield Chunk(usage=usage)
                         continue
                     choice = event.choices[0]
-                    text = (choice.delta.content if choice.delta else None) or ""
-                    if text or choice.finish_reason or usage:
-                        yield Chunk(text, finish_reason=choice.finish_reason, usage=usage)
+                    delta = choice.delta
+                    text = (delta.content if delta else None) or ""
+                    calls = None
+                    if delta is not None and delta.tool_calls:
+                        calls = [
+                            call.model_dump(exclude_none=True, exclude_unset=True)
+                            for call in delta.tool_calls
+                        ]
+                    logprobs = None
+                    if choice.logprobs is not None and choice.logprobs.content:
+                        logprobs = [
+                            item.model_dump(exclude_none=True) for item in choice.logprobs.content
+                        ]
+                    if text or calls or logprobs or choice.finish_reason or usage:
+                        yield Chunk(
+                            text,
+                            finish_reason=choice.finish_reason,
+                            usage=usage,
+                            tool_calls=calls,
+                            logprobs=logprobs,
+                        )
             except openai.OpenAIError as exc:
                 raise error_from_sdk(exc) from exc

@@ -29,8 +29,9 @@ from accounts.ratelimit import (
 )
 from routing import metrics
 from routing.classifiers.base import Category
+from routing.messages import capabilities_needed, message_text
 from routing.models import Classification, Generation, ModelRanking, Prompt
-from routing.providers.base import ChatRequest, ProviderError
+from routing.providers.base import ChatRequest, ProviderError, tool_call_merge
 from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.retry import backoff_delay
@@ -49,6 +50,8 @@ class GenerationParams:
     max_tokens: int | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -58,17 +61,27 @@ class GenerationParams:
 class GenerationRequest:
     """A validated generation request (routing.serializers), whatever its transport."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # OpenAI messages (/v1 keeps parts and tool calls)
     model: str  # a model name or "auto"
     params: GenerationParams
     compress: dict[str, Any] | None = None  # compression options, validated
     possible_categories: list[Category] | None = None  # for "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # transport options (stream, ...)
+    # OpenAI fields forwarded upstream (tools, response_format, ...); `extra_body` holds
+    # the unknown fields, forwarded only to models whose passthrough_fields list them.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs(self) -> list[str]:
+        """The model capabilities this request needs (routing.messages.CAPABILITIES)."""
+        return capabilities_needed(self.messages, self.options)
 
 
 @dataclass
 class StreamEvent:
-    """type: metadata | text | info | error | end."""
+    """type: metadata | text | tool_call | info | error | end. A `tool_call` event is one
+    OpenAI tool-call delta ({"index", "id"?, "type"?, "function": {"name"?, "arguments"?}});
+    `end` carries the assembled `tool_calls` when the model made any."""
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +102,7 @@ def generation_prepare(
     classification: Classification | None = None,
     compression=None,
     check_provider: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> Generation:
     """Check the context window, reserve the key's tokens, persist the Prompt (unless
     given) and a queued Generation. Raises ApiError 400 when prompt + max_tokens exceed
@@ -120,6 +134,7 @@ def generation_prepare(
         upstream_model=model.upstream_model,
         transport=transport,
         parameters=params.as_dict(),
+        options=options or {},
         input_messages=messages,
     )
     # Settled / released by _finish (not columns).
@@ -169,6 +184,8 @@ async def messages_compress(
     from compression.services import acompression_create  # the compression app is optional
 
     index = _last_user_index(messages)
+    if index is None:  # nothing plain to compress (e.g. only image parts): sent as is
+        return messages, None
     compression = await acompression_create(
         text=messages[index]["content"], api_key=api_key, prompt=prompt, **options
     )
@@ -177,9 +194,11 @@ async def messages_compress(
     return compressed, compression
 
 
-def _last_user_index(messages: list[dict[str, str]]) -> int:
+def _last_user_index(messages: list[dict[str, Any]]) -> int | None:
+    """The last user message if its content is a string (else the last string message)."""
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    return users[-1] if users else len(messages) - 1
+    candidates = users[-1:] or list(range(len(messages)))[-1:]
+    return next((i for i in candidates if isinstance(messages[i].get("content"), str)), None)
 
 
 @dataclass
@@ -226,6 +245,7 @@ async def generation_acreate(
             categories=request.possible_categories,
             api_key=api_key,
             source=source,
+            needs=request.needs,
         )
         choice = selection.choice()
     elif request.compress is None:
@@ -235,7 +255,7 @@ async def generation_acreate(
             request=request, api_key=api_key, transport=transport, source=source
         )
     else:
-        choice = await sync_to_async(model_named)(request.model)
+        choice = await sync_to_async(model_named)(request.model, request.needs)
     prompt = choice.prompt
     compression = None
     if request.compress is not None:
@@ -254,6 +274,7 @@ async def generation_acreate(
         source=source,
         prompt=prompt,
         compression=compression,
+        options=request.options,
     )
 
 
@@ -262,13 +283,14 @@ def _generation_create(
 ) -> PreparedGeneration:
     """generation_acreate for a named model without compression, synchronously."""
     return _prepared(
-        model_named(request.model),
+        model_named(request.model, request.needs),
         messages=request.messages,
         params=request.params,
         api_key=api_key,
         transport=transport,
         source=source,
         prompt=None,
+        options=request.options,
     )
 
 
@@ -282,6 +304,7 @@ def _prepared(
     source: str,
     prompt: Prompt | None,
     compression=None,
+    options: dict[str, Any] | None = None,
 ) -> PreparedGeneration:
     """Persist the queued Generation of a model choice, with what its stream needs."""
     generation = generation_prepare(
@@ -295,6 +318,7 @@ def _prepared(
         classification=choice.classification,
         compression=compression,
         check_provider=False,  # model_choose checked it
+        options=options,
     )
     # A fallback whose context window cannot hold this request is no fallback.
     prompt_tokens = count_message_tokens(messages)
@@ -338,6 +362,7 @@ def _jsonl_log(generation: Generation) -> None:
         "status": generation.status,
         "prompt": generation.input_messages,
         "response": generation.output_text,
+        "tool_calls": generation.tool_calls,
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": generation.completion_tokens,
         "ttft_ms": generation.ttft_ms,
@@ -380,14 +405,16 @@ async def _stream_model(
     parts: list[str],
     state: dict[str, Any],
 ) -> AsyncIterator[StreamEvent]:
-    """Stream one model, retrying retryable errors while no token has been sent."""
+    """Stream one model, retrying retryable errors while nothing has been sent."""
     provider = provider_for(model)
     request = ChatRequest(
         messages=generation.input_messages,
         model=model.upstream_model,
         extra=extra,
+        options=model_options(generation.options, model),
         **generation.parameters,
     )
+    calls: dict[int, dict[str, Any]] = state.setdefault("tool_calls", {})
     max_attempts = settings.TOKENFLOW_RETRY_ATTEMPTS
     for attempt in range(1, max_attempts + 1):
         try:
@@ -396,12 +423,20 @@ async def _stream_model(
                 async for chunk in chunks:
                     if chunk.info:
                         yield StreamEvent("info", chunk.info)
-                    if chunk.text:
-                        first = not parts
-                        parts.append(chunk.text)
+                    if chunk.text or chunk.tool_calls or chunk.logprobs:
+                        first = not state.get("sent")
+                        state["sent"] = True
                         if first:
                             generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
-                        yield StreamEvent("text", {"text": chunk.text})
+                        if chunk.text or chunk.logprobs:
+                            parts.append(chunk.text)
+                            data: dict[str, Any] = {"text": chunk.text}
+                            if chunk.logprobs:
+                                data["logprobs"] = chunk.logprobs
+                            yield StreamEvent("text", data)
+                        for delta in chunk.tool_calls or []:
+                            tool_call_merge(calls, delta)
+                            yield StreamEvent("tool_call", delta)
                         if first:
                             metrics.TTFT.labels(provider=model.provider).observe(
                                 generation.ttft_ms / 1000
@@ -429,9 +464,31 @@ async def _stream_model(
                     "error": exc.public_message,
                 }
             )
-            if parts or not exc.retryable or attempt == max_attempts:
+            if state.get("sent") or not exc.retryable or attempt == max_attempts:
                 raise
             await asyncio.sleep(_backoff(attempt, exc.retry_after))
+
+
+def model_options(options: dict[str, Any], model: ModelRanking) -> dict[str, Any]:
+    """The Generation's forwarded fields for `model`: its `extra_body` (the client's unknown
+    fields) cut down to the model's passthrough_fields allowlist."""
+    options = dict(options or {})
+    extra_body = options.pop("extra_body", None) or {}
+    allowed = {k: v for k, v in extra_body.items() if k in set(model.passthrough_fields or [])}
+    if allowed:
+        options["extra_body"] = allowed
+    return options
+
+
+def options_ignored(options: dict[str, Any], model: ModelRanking) -> list[str]:
+    """The client's unknown fields that `model` does not accept (dropped, never sent)."""
+    allowed = set(model.passthrough_fields or [])
+    return sorted(k for k in (options or {}).get("extra_body") or {} if k not in allowed)
+
+
+def _assembled(state: dict[str, Any]) -> list[dict[str, Any]] | None:
+    calls = state.get("tool_calls") or {}
+    return [calls[index] for index in sorted(calls)] or None
 
 
 def _mark_streaming(generation: Generation) -> None:
@@ -537,7 +594,11 @@ async def _run(
                     yield event
                 break
             except ProviderError as exc:
-                if parts or index == len(candidates) - 1 or exc.status in (400, 401, 403, 404):
+                if (
+                    state.get("sent")
+                    or index == len(candidates) - 1
+                    or exc.status in (400, 401, 403, 404)
+                ):
                     raise
                 _use_model(generation, candidates[index + 1])
                 yield StreamEvent(
@@ -557,6 +618,7 @@ async def _run(
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
+            tool_calls=_assembled(state),
             error_code=exc.code,
             error_message=exc.public_message,
             error_detail=exc.detail,
@@ -581,6 +643,7 @@ async def _run(
                 generation,
                 Generation.Status.CANCELLED,
                 output_text="".join(parts),
+                tool_calls=_assembled(state),
                 error_code="cancelled",
                 error_message="The client disconnected or cancelled the generation.",
                 attempts=attempts,
@@ -595,6 +658,7 @@ async def _run(
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
+            tool_calls=_assembled(state),
             error_code="internal_error",
             error_message="Internal error during generation.",
             error_detail=redact(f"{type(exc).__name__}: {exc}"),
@@ -613,34 +677,38 @@ async def _run(
         return
     finish_reason, usage = state["finish_reason"], state["usage"]
     text = "".join(parts)
+    tool_calls = _assembled(state)
     usage = usage or {}
     prompt_tokens = usage.get("prompt_tokens") or count_message_tokens(generation.input_messages)
     completion_tokens = usage.get("completion_tokens")
-    if completion_tokens is None:
-        completion_tokens = count_tokens(text)
+    if completion_tokens is None:  # the upstream said nothing: count text and tool calls
+        completion_tokens = count_tokens(
+            text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
+        )
     await _settle(state)
     await sync_to_async(_finish)(
         generation,
         Generation.Status.COMPLETED,
         output_text=text,
+        tool_calls=tool_calls,
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         attempts=attempts,
         duration_ms=(time.monotonic() - started) * 1000,
     )
-    yield StreamEvent(
-        "end",
-        {
-            "generation_id": generation.pk,
-            "finish_reason": finish_reason,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+    end = {
+        "generation_id": generation.pk,
+        "finish_reason": finish_reason,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         },
-    )
+    }
+    if tool_calls:
+        end["tool_calls"] = tool_calls
+    yield StreamEvent("end", end)
 
 
 async def generation_complete(

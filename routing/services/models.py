@@ -1,6 +1,7 @@
 """Model resolution: the one place a request's model name becomes a ModelRanking."""
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,35 @@ def model_resolve(name: Any) -> ModelRanking:
     return model
 
 
+CAPABILITY_LABELS = {
+    "chat": "chat completions",
+    "tools": "tools (function calling)",
+    "json_object": "response_format json_object",
+    "json_schema": "response_format json_schema",
+    "vision": "image inputs (vision)",
+    "embeddings": "embeddings",
+}
+
+
+def capabilities_missing(model: ModelRanking, needs: Sequence[str]) -> list[str]:
+    return [name for name in needs if not model.supports(name)]
+
+
+def capability_check(model: ModelRanking, needs: Sequence[str]) -> None:
+    """400 naming the capabilities `model` lacks (ModelRanking.supports_<name>)."""
+    missing = capabilities_missing(model, needs)
+    if missing:
+        labels = ", ".join(CAPABILITY_LABELS.get(name, name) for name in missing)
+        raise ApiError(
+            f"Model {model.name!r} does not support {labels}. Pick a model that does "
+            '(GET /api/model-rankings lists capabilities) or use model "auto".',
+            code="model_lacks_capability",
+            status=400,
+            field="model",
+            extra={"missing_capabilities": missing},
+        )
+
+
 def provider_check(model: ModelRanking) -> None:
     """503 (a generic message and a stable code; the reason is logged for staff) if the
     model's provider cannot serve."""
@@ -61,8 +91,10 @@ class ModelChoice:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # route models not ready
 
 
-def model_named(name: str) -> ModelChoice:
-    """The choice for an explicit model name (not "auto"): enabled and ready, or ApiError."""
+def model_named(name: str, needs: Sequence[str] = ("chat",)) -> ModelChoice:
+    """The choice for an explicit model name (not "auto"): enabled, capable of `needs`
+    and ready, or ApiError."""
     model = model_resolve(name)
+    capability_check(model, needs)
     provider_check(model)
     return ModelChoice(model=model)

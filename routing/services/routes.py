@@ -111,8 +111,9 @@ def routing_categories() -> list[Category]:
 
 def _default_model() -> ModelRanking | None:
     """TOKENFLOW_DEFAULT_MODEL if enabled, else the best-ranked enabled model."""
-    model = ModelRanking.objects.enabled().filter(name=settings.TOKENFLOW_DEFAULT_MODEL).first()
-    return model or ModelRanking.objects.enabled().order_by("rank", "name").first()
+    chat = ModelRanking.objects.enabled().filter(supports_chat=True)
+    model = chat.filter(name=settings.TOKENFLOW_DEFAULT_MODEL).first()
+    return model or chat.order_by("rank", "name").first()
 
 
 def route_select(category: str) -> tuple[ModelRanking, list[ModelRanking], RouteInfo]:
