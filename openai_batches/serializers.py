@@ -30,7 +30,7 @@ class BatchListQuerySerializer(serializers.Serializer):
     after = serializers.CharField(required=False, max_length=40)
 
 
-class BatchCreateSerializer(serializers.Serializer):
+class OpenAIBatchCreateSerializer(serializers.Serializer):
     input_file_id = StrictCharField(max_length=40)
     endpoint = StrictCharField(max_length=100, help_text="Only /v1/chat/completions.")
     completion_window = serializers.ChoiceField(choices=["24h"])
@@ -71,12 +71,13 @@ class FileDeletedSerializer(serializers.Serializer):
     deleted = serializers.BooleanField()
 
 
-class BatchObjectSerializer(serializers.Serializer):
-    class _Counts(serializers.Serializer):
-        total = serializers.IntegerField()
-        completed = serializers.IntegerField()
-        failed = serializers.IntegerField()
+class OpenAIBatchCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
 
+
+class BatchObjectSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField()
     endpoint = serializers.CharField()
@@ -94,7 +95,7 @@ class BatchObjectSerializer(serializers.Serializer):
     completed_at = serializers.IntegerField(allow_null=True)
     failed_at = serializers.IntegerField(allow_null=True)
     cancelled_at = serializers.IntegerField(allow_null=True)
-    request_counts = _Counts()
+    request_counts = OpenAIBatchCountsSerializer()
     metadata = serializers.JSONField(allow_null=True)
     tokenflow = serializers.JSONField(help_text="{job_id, status}: the batch engine's job.")
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.permissions import Principal
 from batches import services as batch_services
+from batches.jsonl import jsonl_rows
 from batches.models import BatchItem, BatchJob
 from batches.selectors import batch_result_lines
 from openai_batches.models import File, OpenAIBatch
@@ -115,7 +116,8 @@ def openai_batch_create(
             code="unsupported_endpoint",
             field="endpoint",
         )
-    rows = batch_services.batch_jsonl_parse(file_path(source).read_bytes())
+    with file_path(source).open("rb") as stream:
+        rows = list(jsonl_rows(stream, field="input_file_id"))
     items = [(line, _line_item(line, raw, endpoint)) for line, raw in rows]
     with transaction.atomic():
         job = batch_services.batch_create(

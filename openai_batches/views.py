@@ -11,13 +11,13 @@ from rest_framework.views import APIView
 
 from openai_batches import selectors, services
 from openai_batches.serializers import (
-    BatchCreateSerializer,
     BatchListQuerySerializer,
     BatchObjectSerializer,
     FileDeletedSerializer,
     FileListQuerySerializer,
     FileObjectSerializer,
     FileUploadSerializer,
+    OpenAIBatchCreateSerializer,
     PageSerializer,
 )
 from openai_batches.uploads import DiskUploadHandler, StoredUpload, stored_from, too_large
@@ -75,6 +75,7 @@ class FileCollection(OpenAIView):
     within TOKENFLOW_MAX_UPLOAD_BYTES. GET: the caller's files, newest first."""
 
     parser_classes = [MultiPartParser]
+    query_serializer = {"GET": FileListQuerySerializer}
 
     def _upload(self, request) -> StoredUpload:
         django_request: HttpRequest = request._request
@@ -160,13 +161,15 @@ class BatchCollection(OpenAIView):
     """POST: a batch from an uploaded JSONL file (run by the batch workers). GET: the
     caller's batches, newest first."""
 
+    query_serializer = {"GET": BatchListQuerySerializer}
+
     @extend_schema(
-        request=BatchCreateSerializer,
+        request=OpenAIBatchCreateSerializer,
         responses={200: BatchObjectSerializer},
         summary="OpenAI-compatible batch create",
     )
     def post(self, request):
-        data = validate(BatchCreateSerializer, request.data)
+        data = validate(OpenAIBatchCreateSerializer, request.data)
         batch = services.openai_batch_create(principal=request.auth, **data)
         return Response(selectors.batch_object(batch))
 

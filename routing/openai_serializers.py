@@ -48,7 +48,7 @@ def _too_large(field: str, size: int, limit: int, unit: str = "characters") -> A
     )
 
 
-def _invalid(message: str, code: str = "invalid") -> serializers.ValidationError:
+def _invalid(message: str, code: str = "invalid_value") -> serializers.ValidationError:
     return serializers.ValidationError(message, code=code)
 
 
@@ -72,13 +72,16 @@ PART_SCHEMA = {
     "oneOf": [
         {
             "type": "object",
-            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "properties": {
+                "type": {"type": "string", "enum": ["text"]},
+                "text": {"type": "string"},
+            },
             "required": ["type", "text"],
         },
         {
             "type": "object",
             "properties": {
-                "type": {"const": "image_url"},
+                "type": {"type": "string", "enum": ["image_url"]},
                 "image_url": {
                     "type": "object",
                     "properties": {
@@ -96,7 +99,7 @@ TOOL_CALL_SCHEMA = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "type": {"const": "function"},
+        "type": {"type": "string", "enum": ["function"]},
         "function": {
             "type": "object",
             "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
@@ -110,11 +113,8 @@ CHAT_MESSAGE_SCHEMA = {
     "properties": {
         "role": {"type": "string", "enum": list(CHAT_ROLES)},
         "content": {
-            "oneOf": [
-                {"type": "string"},
-                {"type": "array", "items": PART_SCHEMA},
-                {"type": "null"},
-            ]
+            "oneOf": [{"type": "string"}, {"type": "array", "items": PART_SCHEMA}],
+            "nullable": True,  # OpenAPI 3.0 has no "null" type
         },
         "name": {"type": "string"},
         "tool_calls": {"type": "array", "items": TOOL_CALL_SCHEMA, "maxItems": MAX_TOOL_CALLS},
@@ -267,7 +267,7 @@ class ChatMessagesField(serializers.Field):
 TOOL_SCHEMA = {
     "type": "object",
     "properties": {
-        "type": {"const": "function"},
+        "type": {"type": "string", "enum": ["function"]},
         "function": {
             "type": "object",
             "properties": {
@@ -343,7 +343,7 @@ class ToolsField(serializers.Field):
             {
                 "type": "object",
                 "properties": {
-                    "type": {"const": "function"},
+                    "type": {"type": "string", "enum": ["function"]},
                     "function": {
                         "type": "object",
                         "properties": {"name": {"type": "string"}},
@@ -521,12 +521,15 @@ class ChatCompletionRequestSerializer(OpenAISamplingSerializer):
         tools = attrs.get("tools") or []
         choice = attrs.get("tool_choice")
         if choice is not None and choice != "none" and not tools:
-            raise serializers.ValidationError({"tool_choice": "needs 'tools'."}, code="invalid")
+            raise serializers.ValidationError(
+                {"tool_choice": "needs 'tools'."}, code="invalid_value"
+            )
         if isinstance(choice, dict):
             name = choice["function"]["name"]
             if name not in {t["function"]["name"] for t in tools}:
                 raise serializers.ValidationError(
-                    {"tool_choice": f"names {name!r}, which is not in 'tools'."}, code="invalid"
+                    {"tool_choice": f"names {name!r}, which is not in 'tools'."},
+                    code="invalid_value",
                 )
         if tools:
             options["tools"] = tools
@@ -538,7 +541,7 @@ class ChatCompletionRequestSerializer(OpenAISamplingSerializer):
             options["response_format"] = attrs["response_format"]
         if attrs.get("top_logprobs") is not None and not attrs.get("logprobs"):
             raise serializers.ValidationError(
-                {"top_logprobs": "needs 'logprobs': true."}, code="invalid"
+                {"top_logprobs": "needs 'logprobs': true."}, code="invalid_value"
             )
         if attrs.get("logprobs"):
             options["logprobs"] = True

@@ -89,7 +89,5 @@ async def embeddings_create(
     if settings.TOKENFLOW_EMBEDDINGS_STORE_VECTORS:
         record.vectors = result.vectors
     await record.asave()
-    await sync_to_async(rate_limit_add_tokens)(
-        api_key_id=record.api_key_id, tokens=result.prompt_tokens
-    )
+    await sync_to_async(rate_limit_add_tokens)(api_key=api_key, tokens=result.prompt_tokens)
     return EmbeddingsResult(record, result.vectors)
