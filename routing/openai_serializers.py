@@ -399,6 +399,8 @@ class ResponseFormatField(serializers.Field):
 
     def to_internal_value(self, data: Any) -> dict[str, Any] | None:
         kind = data.get("type") if isinstance(data, dict) else None
+        if kind in ("text", "json_object") and "json_schema" in data:
+            raise _invalid("json_schema is only allowed with type 'json_schema'.")
         if kind == "text":
             return None
         if kind == "json_object":
