@@ -245,6 +245,8 @@ TOKENFLOW_MODEL_DIR = Path(os.environ.get("TOKENFLOW_MODEL_DIR", VAR_DIR / "mode
 TOKENFLOW_LOCAL_MODEL = os.environ.get("TOKENFLOW_LOCAL_MODEL", "")  # "" = converted SmolLM2
 TOKENFLOW_TOKENIZER_ENCODING = os.environ.get("TOKENFLOW_TOKENIZER_ENCODING", "cl100k_base")
 TOKENFLOW_MAX_INPUT_CHARS = int(os.environ.get("TOKENFLOW_MAX_INPUT_CHARS", 200_000))
+# How long a generation's final write waits for an unreachable database (tokenflow_site.db).
+TOKENFLOW_DB_RETRY_SECONDS = float(os.environ.get("TOKENFLOW_DB_RETRY_SECONDS", 30))
 # Generations still queued/streaming after this long belong to a dead process (swept).
 TOKENFLOW_STALE_GENERATION_SECONDS = float(
     os.environ.get("TOKENFLOW_STALE_GENERATION_SECONDS", 3600)

@@ -29,6 +29,7 @@ from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
+from tokenflow_site.db import UNREACHABLE, db_retry
 
 logger = logging.getLogger(__name__)
 
@@ -431,8 +432,25 @@ async def generation_run(
         async with aclosing(events):
             async for event in events:
                 yield event
+    except UNREACHABLE:
+        yield _database_unavailable(generation)
     finally:
         in_flight.dec()
+
+
+def _database_unavailable(generation: Generation) -> StreamEvent:
+    """The stream's last event when its final write failed for TOKENFLOW_DB_RETRY_SECONDS
+    (the row stays open until the sweeper closes it)."""
+    logger.error("Generation %s: database unreachable, its final state is lost", generation.pk)
+    return StreamEvent(
+        "error",
+        {
+            "message": "The database is unavailable; this generation was not saved.",
+            "code": "database_unavailable",
+            "status": 503,
+            "generation_id": generation.pk,
+        },
+    )
 
 
 async def _run(
@@ -474,7 +492,8 @@ async def _run(
                 )
     except ProviderError as exc:
         await _settle(state)
-        await sync_to_async(_finish)(
+        await db_retry(
+            _finish,
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
@@ -496,22 +515,27 @@ async def _run(
         return
     except (GeneratorExit, asyncio.CancelledError):
         await _settle(state)
-        await asyncio.shield(
-            sync_to_async(_finish)(
-                generation,
-                Generation.Status.CANCELLED,
-                output_text="".join(parts),
-                error_code="cancelled",
-                error_message="The client disconnected or cancelled the generation.",
-                attempts=attempts,
-                duration_ms=(time.monotonic() - started) * 1000,
+        # The client is gone: nobody to tell if the database stays down (the sweeper closes
+        # the row then).
+        with contextlib.suppress(*UNREACHABLE):
+            await asyncio.shield(
+                db_retry(
+                    _finish,
+                    generation,
+                    Generation.Status.CANCELLED,
+                    output_text="".join(parts),
+                    error_code="cancelled",
+                    error_message="The client disconnected or cancelled the generation.",
+                    attempts=attempts,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                )
             )
-        )
         raise
     except Exception as exc:
         logger.exception("Generation %s crashed", generation.pk)
         await _settle(state)
-        await sync_to_async(_finish)(
+        await db_retry(
+            _finish,
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
@@ -538,7 +562,8 @@ async def _run(
     if completion_tokens is None:
         completion_tokens = count_tokens(text)
     await _settle(state)
-    await sync_to_async(_finish)(
+    await db_retry(
+        _finish,
         generation,
         Generation.Status.COMPLETED,
         output_text=text,
