@@ -100,13 +100,14 @@ def fault_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     """The proxied live server, shared by the fault scenarios (each heals the links after)."""
     with django_db_blocker.unblock():
         assert connection.vendor == "postgresql"
-        pg_target = (connection.settings_dict["HOST"] or "127.0.0.1", connection.settings_dict["PORT"] or 5432)
+        db = connection.settings_dict
+        pg_target = (db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
     redis_url = os.environ["REDIS_URL"]
     redis_parts = urlsplit(redis_url)
     upstream = ThreadedUpstream()
     upstream_port = upstream.start()
     proxies = [
-        FaultProxy(pg_target[0], int(pg_target[1])).start(),
+        FaultProxy(*pg_target).start(),
         FaultProxy(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start(),
         FaultProxy("127.0.0.1", upstream_port).start(),
     ]

@@ -5,26 +5,16 @@ Stated bounds: every stream in flight ends with `end_stream` or an `error` event
 connection); within 10 s of PostgreSQL's return no row is left queued/streaming and /healthz
 and a new stream answer again. While it is down, new requests get a JSON 503."""
 
-import os
 import time
 
 import httpx
-import pytest
 
 from accounts.models import ApiKey
 from routing.models import Generation
-from tests.faults.clients import OPEN, SseStream, stream, wait_rows_closed
 from tests.factories import mock_model
+from tests.faults.clients import OPEN, SCENARIO_MARKS, SseStream, stream, wait_rows_closed
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (os.environ.get("DATABASE_URL", "").startswith("postgres") and os.environ.get("REDIS_URL")),
-        reason="needs DATABASE_URL (PostgreSQL) and REDIS_URL",
-    ),
-]
+pytestmark = SCENARIO_MARKS
 
 OUTAGE = 10.0  # seconds, as the issue names
 RECOVERY = 10.0  # stated bound after PostgreSQL returns

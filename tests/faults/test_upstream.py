@@ -4,7 +4,6 @@ the middle of a stream, and an upstream that stops answering for longer than the
 Stated bounds: the failure reaches the client within the read timeout (+ retries before the
 first token), its row is failed with the partial text, and the next request works at once."""
 
-import os
 import time
 
 import openai
@@ -12,18 +11,10 @@ import pytest
 
 from accounts.models import ApiKey
 from routing.models import Generation, ModelRanking
-from tests.faults.clients import OPEN, SseStream, stream
+from tests.faults.clients import OPEN, SCENARIO_MARKS, SseStream, stream
 from tests.faults.conftest import UPSTREAM_READ_TIMEOUT
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.redis,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not (os.environ.get("DATABASE_URL", "").startswith("postgres") and os.environ.get("REDIS_URL")),
-        reason="needs DATABASE_URL (PostgreSQL) and REDIS_URL",
-    ),
-]
+pytestmark = SCENARIO_MARKS
 
 
 def upstream_model(stack, name: str, query: str) -> ModelRanking:
