@@ -150,11 +150,17 @@ else:
 # Channels and cache: in-memory by default, Redis with REDIS_URL
 # ---------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Seconds to connect to / hear from Redis: a stalled Redis makes cache calls fail (rate
+# limits fail open) instead of hanging requests. See docs/faults.md.
+TOKENFLOW_REDIS_TIMEOUT = float(os.environ.get("TOKENFLOW_REDIS_TIMEOUT", 1))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Connect timeout only: the layer's receive blocks on Redis by design (BZPOPMIN).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_connect_timeout": TOKENFLOW_REDIS_TIMEOUT}]
+            },
         }
     }
     CACHES = {
@@ -162,6 +168,10 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("TOKENFLOW_CACHE_PREFIX", "tokenflow"),
+            "OPTIONS": {
+                "socket_connect_timeout": TOKENFLOW_REDIS_TIMEOUT,
+                "socket_timeout": TOKENFLOW_REDIS_TIMEOUT,
+            },
         }
     }
 else:
