@@ -115,10 +115,6 @@ class FaultProxy:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    @property
-    def url_host(self) -> str:
-        return f"{self.host}:{self.port}"
-
     def _call(self, coroutine, timeout: float = 10):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
