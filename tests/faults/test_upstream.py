@@ -55,7 +55,12 @@ def test_upstream_reset_mid_stream(stack, key):
     assert row.output_text == result.text and row.output_text.startswith(" tok0 tok1")
     assert not Generation.objects.filter(status__in=OPEN).exists()
     stack.upstream.passthrough()
+    started_next = time.monotonic()
     assert_next_request_works(stack, key, model)
+    print(
+        f"\n[faults] upstream reset: error event {data['code']}, next stream done in "
+        f"{time.monotonic() - started_next:.2f} s"
+    )
 
 
 def test_upstream_stall_mid_stream_times_out(stack, key):
@@ -72,6 +77,7 @@ def test_upstream_stall_mid_stream_times_out(stack, key):
     assert name == "error", result.names
     assert data["code"] == "upstream_timeout" and data["status"] == 504, data
     assert UPSTREAM_READ_TIMEOUT - 0.5 < waited < UPSTREAM_READ_TIMEOUT + 5, waited
+    print(f"\n[faults] upstream stalled mid-stream: error event after {waited:.2f} s")
     row = Generation.objects.get(pk=result.generation_id)
     assert row.status == "failed" and row.error_code == "upstream_timeout"
     assert row.output_text == result.text and result.text
@@ -94,6 +100,7 @@ def test_upstream_stall_before_the_answer_is_a_504(stack, key):
     assert info.value.status_code == 504 and info.value.code == "upstream_timeout"
     # TOKENFLOW_RETRY_ATTEMPTS (3) timeouts plus their backoff (0.5 s, 1 s, jittered).
     assert waited < 3 * UPSTREAM_READ_TIMEOUT + 5, waited
+    print(f"\n[faults] upstream stalled before answering: 504 after {waited:.2f} s")
     row = Generation.objects.get(model_name=model.name)
     assert row.status == "failed" and row.error_code == "upstream_timeout"
     assert len(row.attempts) == 3
