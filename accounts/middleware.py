@@ -10,7 +10,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from accounts.permissions import Principal, principal_authorize
 from accounts.ratelimit import rate_limit_hit
 from accounts.selectors import api_key_authenticate
-from tokenflow_site.errors import ApiError, error_response_for
+from tokenflow_site.errors import ApiError, database_unavailable, error_response_for
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
 PUBLIC_PATHS = ("/api/schema/", "/api/docs/", "/api/redoc/")
@@ -87,6 +87,18 @@ def _authenticate(request: HttpRequest) -> HttpResponse | None:
     return _rate_limit(request) if key is not None else None
 
 
+def _admit(request: HttpRequest) -> HttpResponse | None:
+    """_authenticate, answering 503 (not 500) when the database cannot be reached."""
+    try:
+        return _authenticate(request)
+    except Exception as exc:
+        unavailable = database_unavailable(exc)
+        if unavailable is None:
+            raise
+        request.rate_limit = None
+        return error_response_for(request, unavailable)
+
+
 def _rate_limit(request: HttpRequest) -> HttpResponse | None:
     """Count the request against its key's limits; the 429 response when over them."""
     decision = rate_limit_hit(api_key=request.api_key)
@@ -121,12 +133,12 @@ class ApiKeyMiddleware:
     def __call__(self, request: HttpRequest):
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        return _with_headers(request, _authenticate(request) or self.get_response(request))
+        return _with_headers(request, _admit(request) or self.get_response(request))
 
     async def __acall__(self, request: HttpRequest):
         if request.path.startswith(PROTECTED_PREFIXES):
             # request.user is lazy and hits the DB, so resolve everything in one thread hop.
-            denied = await sync_to_async(_authenticate)(request)
+            denied = await sync_to_async(_admit)(request)
         else:
             request.principal, request.api_key, request.rate_limit, denied = None, None, None, None
         return _with_headers(request, denied or await self.get_response(request))

@@ -10,7 +10,9 @@ now, so a key never gets more than its limit in any 60-second span (a fixed wind
 (429 when they do not fit) and `tokens_settle` gives back what it did not use.
 
 On Redis every operation is one atomic Lua script (one round trip); other caches use a
-process lock. If the cache is down, requests pass (fail open) and the error is logged.
+process lock. If the cache is down, requests pass (fail open) and the error is logged;
+for CACHE_RETRY_SECONDS after a failure the cache is not asked at all (a stalled Redis
+would otherwise cost every request its timeout). docs/faults.md has the measurements.
 """
 
 import logging
@@ -56,6 +58,26 @@ return {tostring(allowed), tostring(new_tat - now)}
 """
 
 _lock = threading.Lock()
+
+# After a cache failure, rate limits are off (fail open) for this long, then tried again.
+CACHE_RETRY_SECONDS = 5.0
+_cache_down_until = 0.0
+
+
+def _cache_available() -> bool:
+    return time.monotonic() >= _cache_down_until
+
+
+def _cache_failed(what: str) -> None:
+    """Log once per outage window and stop asking the cache for CACHE_RETRY_SECONDS."""
+    global _cache_down_until
+    _cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
+    logger.warning(
+        "Rate-limit cache unavailable (%s); limits off for %.0f s",
+        what,
+        CACHE_RETRY_SECONDS,
+        exc_info=True,
+    )
 
 
 def _now() -> float:
@@ -150,7 +172,7 @@ def rate_limit_hit(*, api_key, now: float | None = None) -> RateLimitDecision | 
     """Count one request for `api_key` (and check its tokens are not used up); None when
     the key has no limits or the cache is down."""
     rpm, tpm = limits_for(api_key)
-    if not rpm and not tpm:
+    if (not rpm and not tpm) or not _cache_available():
         return None
     now = _now() if now is None else now
     try:
@@ -186,7 +208,7 @@ def rate_limit_hit(*, api_key, now: float | None = None) -> RateLimitDecision | 
                     reason=f"Rate limit exceeded: {tpm} tokens per minute for this API key.",
                 )
     except Exception:  # noqa: BLE001 - a broken cache must not take the API down
-        logger.exception("Rate-limit cache unavailable; letting the request through")
+        _cache_failed("request let through")
         return None
     return RateLimitDecision(rpm, tpm, requests_left, tokens_left, allowed=True)
 
@@ -208,6 +230,8 @@ def tokens_reserve(*, api_key, tokens: int, now: float | None = None) -> int:
             status=429,
             retry_after=PERIOD,
         )
+    if not _cache_available():
+        return 0
     now = _now() if now is None else now
     interval = PERIOD / tpm
     try:
@@ -215,7 +239,7 @@ def tokens_reserve(*, api_key, tokens: int, now: float | None = None) -> int:
             _key(api_key.pk, "tok"), now=now, interval=interval, cost=tokens, mode="take"
         )
     except Exception:  # noqa: BLE001
-        logger.exception("Rate-limit cache unavailable; tokens not reserved")
+        _cache_failed("tokens not reserved")
         return 0
     if not allowed:
         raise ApiError(
@@ -233,7 +257,7 @@ def tokens_settle(*, api_key, reserved: int, used: int) -> None:
     if api_key is None or reserved == used:
         return
     _rpm, tpm = limits_for(api_key)
-    if not tpm:
+    if not tpm or not _cache_available():
         return
     try:
         _gcra(
@@ -244,7 +268,7 @@ def tokens_settle(*, api_key, reserved: int, used: int) -> None:
             mode="force",
         )
     except Exception:  # noqa: BLE001
-        logger.exception("Rate-limit cache unavailable; tokens not settled")
+        _cache_failed("tokens not settled")
 
 
 def rate_limit_add_tokens(*, api_key, tokens: int) -> None:

@@ -118,6 +118,26 @@ def error_response_for(request: HttpRequest, error: ApiError) -> JsonResponse:
     return error_response(error)
 
 
+# Seconds a client is told to wait when the database cannot be reached.
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable(exc: BaseException) -> ApiError | None:
+    """The 503 for an exception that means the database cannot be reached (connection
+    refused, reset or closed), else None. Never a 500: the client should retry."""
+    from django.db import InterfaceError, OperationalError
+
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    logger.warning("Database unavailable: %s", exc)
+    return ApiError(
+        "The database is unavailable; retry shortly.",
+        code="database_unavailable",
+        status=503,
+        retry_after=DATABASE_RETRY_AFTER,
+    )
+
+
 def parse_json_body(request: HttpRequest) -> dict[str, Any]:
     """Decode a JSON object body or raise a 400 ApiError."""
     from tokenflow_site.api import json_object  # api builds on this module
@@ -261,6 +281,9 @@ class JsonErrorMiddleware(MiddlewareMixin):
             return error_response_for(request, exception)
         if not self._is_api(request):
             return None
+        unavailable = database_unavailable(exception)
+        if unavailable is not None:
+            return error_response(unavailable)
         logger.exception("Unhandled error on %s", request.path, exc_info=exception)
         return json_error(
             "Internal server error.", code="internal_error", status=500, request=request

@@ -156,11 +156,17 @@ else:
 # Channels and cache: in-memory by default, Redis with REDIS_URL
 # ---------------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Seconds to connect to / hear from Redis: a stalled Redis makes cache calls fail (rate
+# limits fail open) instead of hanging requests. See docs/faults.md.
+TOKENFLOW_REDIS_TIMEOUT = float(os.environ.get("TOKENFLOW_REDIS_TIMEOUT", 1))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Connect timeout only: the layer's receive blocks on Redis by design (BZPOPMIN).
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_connect_timeout": TOKENFLOW_REDIS_TIMEOUT}]
+            },
         }
     }
     CACHES = {
@@ -168,6 +174,10 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("TOKENFLOW_CACHE_PREFIX", "tokenflow"),
+            "OPTIONS": {
+                "socket_connect_timeout": TOKENFLOW_REDIS_TIMEOUT,
+                "socket_timeout": TOKENFLOW_REDIS_TIMEOUT,
+            },
         }
     }
 else:
@@ -251,6 +261,8 @@ TOKENFLOW_MODEL_DIR = Path(os.environ.get("TOKENFLOW_MODEL_DIR", VAR_DIR / "mode
 TOKENFLOW_LOCAL_MODEL = os.environ.get("TOKENFLOW_LOCAL_MODEL", "")  # "" = converted SmolLM2
 TOKENFLOW_TOKENIZER_ENCODING = os.environ.get("TOKENFLOW_TOKENIZER_ENCODING", "cl100k_base")
 TOKENFLOW_MAX_INPUT_CHARS = int(os.environ.get("TOKENFLOW_MAX_INPUT_CHARS", 200_000))
+# How long a generation's final write waits for an unreachable database (tokenflow_site.db).
+TOKENFLOW_DB_RETRY_SECONDS = float(os.environ.get("TOKENFLOW_DB_RETRY_SECONDS", 30))
 # Generations still queued/streaming after this long belong to a dead process (swept).
 TOKENFLOW_STALE_GENERATION_SECONDS = float(
     os.environ.get("TOKENFLOW_STALE_GENERATION_SECONDS", 3600)

@@ -37,6 +37,7 @@ from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provid
 from routing.services.retry import backoff_delay
 from routing.services.selection import model_select, prompt_text
 from routing.tokens import count_message_tokens, count_tokens
+from tokenflow_site.db import UNREACHABLE, db_retry
 from tokenflow_site.errors import ApiError
 from tokenflow_site.redact import redact
 
@@ -522,9 +523,13 @@ def _checkpoint_maybe(generation: Generation, parts: list[str], state: dict[str,
 
 
 def _checkpoint(pk: int, text: str) -> None:
-    Generation.objects.filter(pk=pk, status=Generation.Status.STREAMING).update(
-        output_text=text, heartbeat_at=timezone.now()
-    )
+    """Best effort: a missed checkpoint costs a few seconds of text if the process dies."""
+    try:
+        Generation.objects.filter(pk=pk, status=Generation.Status.STREAMING).update(
+            output_text=text, heartbeat_at=timezone.now()
+        )
+    except UNREACHABLE as exc:
+        logger.warning("Checkpoint of generation %s skipped: %s", pk, exc)
 
 
 async def _settle(state: dict[str, Any]) -> None:
@@ -567,8 +572,25 @@ async def generation_run(
         async with aclosing(events):
             async for event in events:
                 yield event
+    except UNREACHABLE:
+        yield _database_unavailable(generation)
     finally:
         in_flight.dec()
+
+
+def _database_unavailable(generation: Generation) -> StreamEvent:
+    """The stream's last event when its final write failed for TOKENFLOW_DB_RETRY_SECONDS
+    (the row stays open until the sweeper closes it)."""
+    logger.error("Generation %s: database unreachable, its final state is lost", generation.pk)
+    return StreamEvent(
+        "error",
+        {
+            "message": "The database is unavailable; this generation was not saved.",
+            "code": "database_unavailable",
+            "status": 503,
+            "generation_id": generation.pk,
+        },
+    )
 
 
 async def _run(
@@ -614,7 +636,8 @@ async def _run(
                 )
     except ProviderError as exc:
         await _settle(state)
-        await sync_to_async(_finish)(
+        await db_retry(
+            _finish,
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
@@ -638,23 +661,28 @@ async def _run(
         return
     except (GeneratorExit, asyncio.CancelledError):
         await _settle(state)
-        await asyncio.shield(
-            sync_to_async(_finish)(
-                generation,
-                Generation.Status.CANCELLED,
-                output_text="".join(parts),
-                tool_calls=_assembled(state),
-                error_code="cancelled",
-                error_message="The client disconnected or cancelled the generation.",
-                attempts=attempts,
-                duration_ms=(time.monotonic() - started) * 1000,
+        # The client is gone: nobody to tell if the database stays down (the sweeper closes
+        # the row then).
+        with contextlib.suppress(*UNREACHABLE):
+            await asyncio.shield(
+                db_retry(
+                    _finish,
+                    generation,
+                    Generation.Status.CANCELLED,
+                    output_text="".join(parts),
+                    tool_calls=_assembled(state),
+                    error_code="cancelled",
+                    error_message="The client disconnected or cancelled the generation.",
+                    attempts=attempts,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                )
             )
-        )
         raise
     except Exception as exc:
         logger.exception("Generation %s crashed", generation.pk)
         await _settle(state)
-        await sync_to_async(_finish)(
+        await db_retry(
+            _finish,
             generation,
             Generation.Status.FAILED,
             output_text="".join(parts),
@@ -686,7 +714,8 @@ async def _run(
             text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
         )
     await _settle(state)
-    await sync_to_async(_finish)(
+    await db_retry(
+        _finish,
         generation,
         Generation.Status.COMPLETED,
         output_text=text,
