@@ -17,6 +17,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from accounts.middleware import raw_api_key
 from accounts.models import ApiKey
@@ -101,7 +102,8 @@ def principal_still_valid(principal: Principal) -> bool:
         key = ApiKey.objects.active().select_related("user").filter(pk=principal.api_key.pk)
         key = key.first()
         return key is not None and (key.user is None or key.user.is_active)
-    user = type(principal.user).objects.filter(pk=principal.user.pk).first()
+    # get_user_model(): a session's user is a channels UserLazyObject, not the model class.
+    user = get_user_model().objects.filter(pk=principal.user.pk).first()
     return user is not None and user.is_active and user.is_staff
 
 

@@ -43,3 +43,10 @@ def _close_executor_connections(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests (Playwright's `page`) last: pytest-playwright keeps its sync event loop
+    running in the main thread from the first browser test to the end of the session, and
+    no async or ORM test should run under it."""
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))

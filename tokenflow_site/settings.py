@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "compression",
     "pipelines",
     "batches",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -395,3 +396,11 @@ TOKENFLOW_MAX_PAGE_SIZE = int(os.environ.get("TOKENFLOW_MAX_PAGE_SIZE", 500))
 # Seconds an unauthenticated WebSocket may stay open waiting for its {"type": "auth"}.
 TOKENFLOW_WS_AUTH_GRACE = float(os.environ.get("TOKENFLOW_WS_AUTH_GRACE", 10))
 TOKENFLOW_MAX_MESSAGES = int(os.environ.get("TOKENFLOW_MAX_MESSAGES", 500))
+
+# ---------------------------------------------------------------------------
+# TokenFlow: staff pages (web/)
+# ---------------------------------------------------------------------------
+# ws/dashboard/: how often the consumer reads in-flight generations and active batch jobs
+# (pushed when they changed), and the shortest interval between two pushes of the charts.
+TOKENFLOW_DASHBOARD_LIVE_SECONDS = float(os.environ.get("TOKENFLOW_DASHBOARD_LIVE_SECONDS", 1))
+TOKENFLOW_DASHBOARD_STATS_SECONDS = float(os.environ.get("TOKENFLOW_DASHBOARD_STATS_SECONDS", 5))

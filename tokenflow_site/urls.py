@@ -6,6 +6,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from routing.views.metrics import metrics
 
+admin.site.site_header = "TokenFlow"
+admin.site.site_title = "TokenFlow admin"
+admin.site.index_title = "Gateway records and routing tables"
+admin.site.site_url = "/"  # "View site": the playground
+
 handler404 = "tokenflow_site.errors.handler404"
 handler500 = "tokenflow_site.errors.handler500"
 
@@ -22,11 +27,17 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path(
+        "api/redoc/",
+        # The stock template loads Google Fonts; ours needs nothing off-box.
+        SpectacularRedocView.as_view(url_name="schema", template_name="web/redoc.html"),
+        name="redoc",
+    ),
     path("api/", include("routing.urls")),
     path("api/", include("compression.urls")),
     path("api/", include("pipelines.urls")),
     path("api/", include("batches.urls")),
     path("v1/", include("routing.openai_urls")),
     path("metrics", metrics, name="metrics"),
+    path("", include("web.urls")),
 ]
