@@ -45,18 +45,29 @@ def _orm_under_playwright():
 
 
 def chromium_path() -> str | None:
-    return os.environ.get("TOKENFLOW_CHROMIUM") or shutil.which("chromium")
+    """TOKENFLOW_CHROMIUM if set (None when that file does not exist), else `chromium`."""
+    configured = os.environ.get("TOKENFLOW_CHROMIUM")
+    if configured is not None:
+        return configured if Path(configured).is_file() else None
+    return shutil.which("chromium")
+
+
+def require_browser() -> str:
+    """Chromium's path; else skip the calling module (one line), or fail it when
+    TOKENFLOW_REQUIRE_BROWSER=1 (CI)."""
+    path = chromium_path()
+    if path is None:
+        reason = "no Chromium (apt-get install -y chromium): browser tests skipped"
+        if os.environ.get("TOKENFLOW_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"TOKENFLOW_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+    return path
 
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright's launch arguments, pointed at Debian's Chromium."""
-    path = chromium_path()
-    if path is None:
-        reason = "no Chromium (apt-get install -y chromium): browser tests skipped"
-        if os.environ.get("TOKENFLOW_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"TOKENFLOW_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
+    path = require_browser()
     return {**browser_type_launch_args, "executable_path": path, "args": ["--no-sandbox"]}
 
 

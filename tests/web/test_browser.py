@@ -11,7 +11,9 @@ from compression.models import Compression
 from pipelines.models import Agent, Pipeline
 from routing.models import Classification, Generation, ModelRanking
 from tests.factories import mock_model, route
-from tests.web.conftest import screenshot
+from tests.web.conftest import require_browser, screenshot
+
+require_browser()  # at import: one skip line without Chromium, a failure in CI
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
