@@ -31,7 +31,7 @@ SERVER_ENV = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _orm_under_playwright():
     """Playwright's sync API runs an event loop in the main thread for the rest of the
     session; the tests' own ORM calls (setup, assertions, flush) are plain sync code."""

@@ -15,7 +15,10 @@ from tests.web.conftest import require_browser, screenshot
 
 require_browser()  # at import: one skip line without Chromium, a failure in CI
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("_orm_under_playwright"),
+]
 
 LONG_PROMPT = (
     "Our quarterly infrastructure review found that the primary database cluster handled "
