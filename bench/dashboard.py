@@ -135,48 +135,64 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--postgres", help="a PostgreSQL URL (a scratch database is used)")
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument(
+        "--reuse", action="store_true", help="SQLite: keep an already seeded file (no seeding)"
+    )
     args = parser.parse_args()
+    reuse = False
     if args.postgres:
         database_url = scratch_postgres_url(args.postgres)
     else:
         path = ROOT / "var" / "bench_dashboard.sqlite3"
         path.parent.mkdir(exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
+        reuse = args.reuse and path.exists()
+        for suffix in ("", "-wal", "-shm") if not reuse else ():
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         database_url = f"sqlite:///{path}"
     setup(database_url)
 
     from django.db import connection
 
+    from routing.models import Generation
     from web import selectors
 
-    now = datetime.now(UTC)
-    seconds = seed(args.rows, now)
+    if reuse:
+        with connection.cursor() as cursor:  # the previous run dropped it
+            cursor.execute(
+                f"CREATE INDEX IF NOT EXISTS {INDEX} ON routing_generation (created_at,"
+                " model_name, status, prompt_tokens, completion_tokens, ttft_ms, duration_ms,"
+                " classification_id)"
+            )
+        now = Generation.objects.order_by("-created_at").values_list("created_at", flat=True)[0]
+        rows, seeded = Generation.objects.count(), "reused the seeded file"
+    else:
+        now = datetime.now(UTC)
+        rows, seconds = args.rows, seed(args.rows, now)
+        seeded = f"{seconds:.1f} s ({args.rows / seconds:,.0f} generations/s, executemany)"
     lines = [
-        f"dashboard bench: {args.rows:,} generations over 30 days, 100,000 classifications, "
-        f"50,000 compressions; {connection.vendor}; {os.cpu_count()} cores",
-        f"seed: {seconds:.1f} s ({args.rows / seconds:,.0f} generations/s, executemany)",
+        f"dashboard bench: {rows:,} generations over 30 days, 100,000 classifications, "
+        f"50,000 compressions; {connection.vendor}; {os.cpu_count()} cores; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        f"seed: {seeded}",
         "",
         f"{'refresh (median of 3)':<28}{'rows in range':>14}{'with index':>12}{'no index':>12}",
     ]
-    from routing.models import Generation
-
     with_index = {}
     for span in ("hour", "day", "week"):
         with_index[span] = timed(lambda span=span: selectors.dashboard_stats(span=span, now=now))
     live = timed(selectors.live_snapshot, repeat=5)
+    load = os.getloadavg()[0]
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX {INDEX}")
     for span in ("hour", "day", "week"):
-        in_range = Generation.objects.filter(
-            created_at__gte=now - selectors.SPANS[span][0]
-        ).count()
+        in_range = Generation.objects.filter(created_at__gte=now - selectors.SPANS[span][0]).count()
         without = timed(lambda span=span: selectors.dashboard_stats(span=span, now=now), 1)
         lines.append(
             f"{'dashboard_stats ' + span:<28}{in_range:>14,}"
             f"{1000 * with_index[span]:>10.0f} ms{1000 * without:>9.0f} ms"
         )
     lines.append(f"{'live snapshot':<28}{'':>14}{1000 * live:>10.1f} ms")
+    lines.append(f"load average after the timed runs: {load:.1f}")
     report = "\n".join(lines)
     print(report)
     if args.out:

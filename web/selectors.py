@@ -10,13 +10,14 @@ makes the scans index-only.
 """
 
 import bisect
+import functools
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, F, Func, IntegerField, Q, Sum
+from django.db.models import Count, F, Func, IntegerField, Sum
 from django.db.models.functions import Coalesce, Substr
 from django.utils import timezone
 
@@ -85,8 +86,10 @@ def _bucket_expression(field: str, seconds: int):
     return _DateBin(F(field), seconds)
 
 
+@functools.lru_cache(maxsize=4096)
 def _bucket_start(value: Any, seconds: int) -> int:
-    """A bucket value from the database -> its start as a Unix timestamp."""
+    """A bucket value from the database -> its start as a Unix timestamp (cached: the
+    grouped rows repeat each bucket once per model, status and bin)."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     else:
@@ -114,7 +117,7 @@ class HistogramBin(Func):
     rendered once as a template (an ORM tree of ~200 When nodes costs more to compile than
     the query costs to run)."""
 
-    template = _case_tree(BIN_EDGES, 0)
+    template = f"CASE WHEN %(expressions)s IS NULL THEN -1 ELSE {_case_tree(BIN_EDGES, 0)} END"
     output_field = IntegerField()
 
     def as_sql(self, compiler, connection, **extra_context):
@@ -163,15 +166,39 @@ def _axis(since: datetime, now: datetime, seconds: int) -> list[int]:
     return list(range(first, last + 1, seconds))
 
 
-def _usage(generations, bucket, axis: list[int], seconds: int) -> dict[str, Any]:
-    """Requests, tokens and errors per model per bucket (one GROUP BY)."""
-    rows = (
-        generations.annotate(bucket=bucket)
-        .values("bucket", "model_name")
+def _histograms(rows, axis: list[int], seconds: int, key: str) -> dict[str, Any]:
+    """p50/p95 per bucket, per model and overall from (bucket, model_name, `key`, n) rows."""
+    index = {start: i for i, start in enumerate(axis)}
+    per_bucket: list[dict[int, int]] = [{} for _ in axis]
+    per_model: dict[str, dict[int, int]] = {}
+    overall: dict[int, int] = {}
+    for row in rows:
+        if row[key] < 0:  # NULL (no first token, still running)
+            continue
+        position = index.get(_bucket_start(row["bucket"], seconds))
+        histograms = [per_model.setdefault(row["model_name"], {}), overall]
+        if position is not None:
+            histograms.append(per_bucket[position])
+        for histogram in histograms:
+            histogram[row[key]] = histogram.get(row[key], 0) + row["n"]
+    over_time = [histogram_percentiles(h) for h in per_bucket]
+    return {
+        "p50": [p["p50"] for p in over_time],
+        "p95": [p["p95"] for p in over_time],
+        "per_model": {model: histogram_percentiles(h) for model, h in sorted(per_model.items())},
+        "overall": histogram_percentiles(overall),
+    }
+
+
+def _usage_and_ttft(generations, bucket, axis: list[int], seconds: int) -> tuple[dict, dict]:
+    """Requests, tokens and errors per model per bucket, and the TTFT histogram, from one
+    GROUP BY (bucket, model, status, TTFT bin)."""
+    rows = list(
+        generations.annotate(bucket=bucket, bin=_bin_expression("ttft_ms"))
+        .values("bucket", "model_name", "status", "bin")
         .annotate(
-            requests=Count("id"),
+            n=Count("id"),
             tokens=Sum(Coalesce("prompt_tokens", 0) + Coalesce("completion_tokens", 0)),
-            errors=Count("id", filter=Q(status=Generation.Status.FAILED)),
         )
         .order_by()
     )
@@ -184,55 +211,43 @@ def _usage(generations, bucket, axis: list[int], seconds: int) -> dict[str, Any]
         if model not in series:
             series[model] = {k: [0] * len(axis) for k in ("requests", "tokens", "errors")}
             totals[model] = {"requests": 0, "tokens": 0, "errors": 0}
-        for key in ("requests", "tokens", "errors"):
-            value = int(row[key] or 0)
+        values = {
+            "requests": row["n"],
+            "tokens": int(row["tokens"] or 0),
+            "errors": row["n"] if row["status"] == Generation.Status.FAILED else 0,
+        }
+        for key, value in values.items():
             totals[model][key] += value
             if position is not None:
                 series[model][key][position] += value
-    return {"series": series, "totals": totals}
+    return {"series": series, "totals": totals}, _histograms(rows, axis, seconds, "bin")
 
 
 def _latency(generations, bucket, axis: list[int], seconds: int, field: str) -> dict[str, Any]:
     """p50/p95 of `field` per bucket and per model, from one histogram GROUP BY."""
     rows = (
-        generations.filter(**{f"{field}__isnull": False})
-        .annotate(bucket=bucket, bin=_bin_expression(field))
+        generations.annotate(bucket=bucket, bin=_bin_expression(field))
         .values("bucket", "model_name", "bin")
         .annotate(n=Count("id"))
         .order_by()
     )
-    index = {start: i for i, start in enumerate(axis)}
-    per_bucket: list[dict[int, int]] = [{} for _ in axis]
-    per_model: dict[str, dict[int, int]] = {}
-    overall: dict[int, int] = {}
-    for row in rows:
-        position = index.get(_bucket_start(row["bucket"], seconds))
-        for histogram in (
-            per_bucket[position] if position is not None else None,
-            per_model.setdefault(row["model_name"], {}),
-            overall,
-        ):
-            if histogram is not None:
-                histogram[row["bin"]] = histogram.get(row["bin"], 0) + row["n"]
-    over_time = [histogram_percentiles(h) for h in per_bucket]
-    return {
-        "p50": [p["p50"] for p in over_time],
-        "p95": [p["p95"] for p in over_time],
-        "per_model": {model: histogram_percentiles(h) for model, h in sorted(per_model.items())},
-        "overall": histogram_percentiles(overall),
-    }
+    return _histograms(rows, axis, seconds, "bin")
 
 
-def _routing_mix(since: datetime) -> dict[str, Any]:
-    """Classifications per top category, and which models routed generations ran on."""
+def _routing_mix(since: datetime, now: datetime) -> dict[str, Any]:
+    """Classifications per top category, and which models routed generations ran on.
+    (Both ends of the range: SQLite's planner then takes the time index, not a full scan
+    of the category index.)"""
     categories = (
-        Classification.objects.filter(created_at__gte=since)
+        Classification.objects.filter(created_at__gte=since, created_at__lte=now)
         .values("top_category")
         .annotate(n=Count("id"))
         .order_by("-n", "top_category")
     )
     routed = (
-        Generation.objects.filter(created_at__gte=since, classification__isnull=False)
+        Generation.objects.filter(
+            created_at__gte=since, created_at__lte=now, classification__isnull=False
+        )
         .values("classification__top_category", "model_name")
         .annotate(n=Count("id"))
         .order_by("classification__top_category", "-n")
@@ -246,9 +261,11 @@ def _routing_mix(since: datetime) -> dict[str, Any]:
     }
 
 
-def _compression(since: datetime, bucket, axis: list[int], seconds: int) -> dict[str, Any]:
+def _compression(
+    since: datetime, now: datetime, bucket, axis: list[int], seconds: int
+) -> dict[str, Any]:
     rows = (
-        Compression.objects.filter(created_at__gte=since)
+        Compression.objects.filter(created_at__gte=since, created_at__lte=now)
         .annotate(bucket=bucket)
         .values("bucket")
         .annotate(n=Count("id"), original=Sum("original_tokens"), kept=Sum("compressed_tokens"))
@@ -282,7 +299,7 @@ def dashboard_stats(*, span: str, now: datetime | None = None) -> dict[str, Any]
     axis = _axis(since, now, seconds)
     generations = Generation.objects.filter(created_at__gte=since, created_at__lte=now)
     bucket = _bucket_expression("created_at", seconds)
-    usage = _usage(generations, bucket, axis, seconds)
+    usage, ttft = _usage_and_ttft(generations, bucket, axis, seconds)
     return {
         "range": span,
         "since": since,
@@ -290,12 +307,10 @@ def dashboard_stats(*, span: str, now: datetime | None = None) -> dict[str, Any]
         "bucket_seconds": seconds,
         "axis": axis,
         "usage": usage,
-        "ttft": _latency(generations, bucket, axis, seconds, "ttft_ms"),
+        "ttft": ttft,
         "duration": _latency(generations, bucket, axis, seconds, "duration_ms"),
-        "routing": _routing_mix(since),
-        "compression": _compression(
-            since, _bucket_expression("created_at", seconds), axis, seconds
-        ),
+        "routing": _routing_mix(since, now),
+        "compression": _compression(since, now, bucket, axis, seconds),
     }
 
 
