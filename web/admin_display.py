@@ -15,12 +15,12 @@ def truncated(text: str | None, length: int = 80) -> str:
 
 
 def ms(value: float | None) -> str:
-    """4627.07380 -> '4,627 ms'; 61234 -> '61.2 s'."""
+    """12.53 -> '12.5 ms'; 4627.0738 -> '4,627 ms'; 61234 -> '61.2 s'."""
     if value is None:
         return EMPTY
     if value >= 60_000:
         return f"{value / 1000:,.1f} s"
-    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
 
 
 def tokens(value: int | None) -> str:

@@ -278,3 +278,51 @@ def test_no_page_requests_another_host(staff_page, foreign_requests):
         page.goto(path)
         page.wait_for_load_state("networkidle")
     assert not foreign_requests
+
+
+def test_admin_polish_units_links_and_a_moving_batch_bar(staff_page):
+    from routing.models import Prompt
+
+    model = mock_model("mock/admin")
+    chat = route("chat", model, description="Small talk about the weather " * 10)
+    prompt = Prompt.objects.create(text="Tell me about rain " * 30)
+    classification = Classification.objects.create(
+        prompt=prompt, engine="keyword", top_category="chat", confidence=0.8123, scores=[]
+    )
+    generation = Generation.objects.create(
+        prompt=prompt, classification=classification, model=model, model_name=model.name,
+        provider="mock", status="completed", prompt_tokens=1234, completion_tokens=56,
+        ttft_ms=4627.07381, duration_ms=61234.5,
+    )  # fmt: skip
+    page = staff_page
+    page.goto("/admin/")
+    expect(page.locator("#site-name")).to_have_text("TokenFlow")
+    expect(page).to_have_title("Gateway records and routing tables | TokenFlow admin")
+    page.goto("/admin/routing/categoryroute/")
+    cell = page.locator("td.field-short_description").first
+    expect(cell).to_contain_text("…")
+    assert len(cell.inner_text()) <= 70 and chat.description not in page.content()
+    page.goto("/admin/routing/generation/")
+    row = page.locator("#result_list tbody tr").first
+    expect(row.locator("td.field-ttft")).to_have_text("4,627 ms")
+    expect(row.locator("td.field-duration")).to_have_text("61.2 s")
+    expect(row.locator("td.field-tokens_in")).to_have_text("1,234 tok")
+    row.locator("td.field-links a", has_text="classification").click()
+    expect(page).to_have_url(
+        f"{page.url.split('/admin/')[0]}/admin/routing/classification/{classification.pk}/change/"
+    )
+    expect(page.locator(".field-generations_link a")).to_be_visible()
+    page.locator(".field-generations_link a").click()
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    assert str(generation.pk) in page.locator("#result_list tbody tr th").inner_text()
+
+    job = BatchJob.objects.create(name="moving", model="mock/admin", status="running")
+    BatchItem.objects.bulk_create(
+        BatchItem(job=job, custom_id=str(i), params={}, status="pending") for i in range(10)
+    )
+    BatchJob.objects.filter(pk=job.pk).update(total_items=10)
+    page.goto("/admin/batches/batchjob/")
+    label = page.locator(f'[data-batch-job="{job.pk}"] .tf-label')
+    expect(label).to_contain_text("0 / 10 (0%)")
+    BatchItem.objects.filter(job=job, custom_id__in=["0", "1", "2", "3"]).update(status="completed")
+    expect(label).to_contain_text("4 / 10 (40%)")  # pushed over ws/batches/<id>/, no reload
