@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-overhead: assets
 
 bench-concurrency: assets
 	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+bench-dashboard: install
+	$(PY) bench/dashboard.py --out bench/results/dashboard.txt
 
 bench-local: assets
 	$(PY) bench/local_model.py | tee bench/results/local_model.txt
