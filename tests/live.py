@@ -24,7 +24,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_database_url() -> str:
+def live_database_url() -> str:
     """The URL of the test database pytest-django created (SQLite file or PostgreSQL)."""
     db = connection.settings_dict
     if db["ENGINE"].endswith("sqlite3"):

@@ -15,7 +15,7 @@ from accounts.models import ApiKey
 from batches.models import BatchJob
 from routing.models import Generation
 from tests.factories import mock_model, route
-from tests.live import ROOT, daphne, test_database_url
+from tests.live import ROOT, daphne, live_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,7 @@ SERVER_ENV = {
 @pytest.fixture(scope="module")
 def server(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
-        database_url = test_database_url()
+        database_url = live_database_url()
     log = tmp_path_factory.mktemp("daphne-cli") / "daphne.log"
     with daphne(database_url=database_url, log_path=log, env=SERVER_ENV) as url:
         yield {"url": url, "database_url": database_url}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
 
-from tests.live import daphne, test_database_url
+from tests.live import daphne, live_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "img"
@@ -75,7 +75,7 @@ def browser_type_launch_args(browser_type_launch_args):
 @pytest.fixture(scope="session")
 def web_server(django_db_setup, django_db_blocker, tmp_path_factory) -> str:
     with django_db_blocker.unblock():
-        database_url = test_database_url()
+        database_url = live_database_url()
     log = tmp_path_factory.mktemp("daphne-web") / "daphne.log"
     with daphne(database_url=database_url, log_path=log, env=SERVER_ENV) as url:
         yield url
