@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from routing.views.metrics import metrics
+from web.views import images_from_this_server
 
 admin.site.site_header = "TokenFlow"
 admin.site.site_title = "TokenFlow admin"
@@ -29,8 +30,10 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path(
         "api/redoc/",
-        # The stock template loads Google Fonts; ours needs nothing off-box.
-        SpectacularRedocView.as_view(url_name="schema", template_name="web/redoc.html"),
+        # The stock template loads Google Fonts and the bundle a logo: nothing off-box here.
+        images_from_this_server(
+            SpectacularRedocView.as_view(url_name="schema", template_name="web/redoc.html")
+        ),
         name="redoc",
     ),
     path("api/", include("routing.urls")),

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, F, Func, IntegerField, Sum
+from django.db.models import Count, DateTimeField, F, Func, IntegerField, Sum
 from django.db.models.functions import Coalesce, Substr
 from django.utils import timezone
 
@@ -68,7 +68,7 @@ def playground_options() -> dict[str, Any]:
 class _DateBin(Func):
     """PostgreSQL date_bin(interval, ts, origin): fixed-width time buckets."""
 
-    output_field = None
+    output_field = DateTimeField()
 
     def __init__(self, expression, seconds: int):
         super().__init__(expression)

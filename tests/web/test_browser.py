@@ -277,6 +277,10 @@ def test_no_page_requests_another_host(staff_page, foreign_requests):
     for path in ("/", "/dashboard/", "/api/docs/", "/api/redoc/", "/admin/"):
         page.goto(path)
         page.wait_for_load_state("networkidle")
+    # Redoc's menu (with the logo it would fetch from its CDN) is fully drawn.
+    page.goto("/api/redoc/")
+    expect(page.locator("text=API docs by Redocly")).to_be_visible()
+    page.wait_for_timeout(500)
     assert not foreign_requests
 
 
