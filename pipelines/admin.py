@@ -3,6 +3,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from pipelines.models import Agent, Conversation, Pipeline, PipelineRun, RunAgent
+from web.admin_display import ms, truncated
 
 
 def _generation_link(generation_id: int | None) -> str:
@@ -73,10 +74,11 @@ class PipelineRunAdmin(admin.ModelAdmin):
         "pipeline",
         "message_id",
         "status",
+        "short_message",
         "missing",
-        "agents_ms",
-        "ttft_ms",
-        "duration_ms",
+        "agents",
+        "ttft",
+        "duration",
         "created_at",
     ]
     list_filter = ["status", "pipeline", "transport", "created_at"]
@@ -92,6 +94,22 @@ class PipelineRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="message")
+    def short_message(self, obj):
+        return truncated(obj.message, 60)
+
+    @admin.display(description="agents", ordering="agents_ms")
+    def agents(self, obj):
+        return ms(obj.agents_ms)
+
+    @admin.display(description="TTFT", ordering="ttft_ms")
+    def ttft(self, obj):
+        return ms(obj.ttft_ms)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return ms(obj.duration_ms)
 
     @admin.display(description="aggregator")
     def aggregator_link(self, obj):

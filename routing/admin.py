@@ -10,6 +10,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html_join
 
 from routing.classifiers.cache import routes_changed
 from routing.models import (
@@ -26,6 +27,7 @@ from routing.models import (
 )
 from routing.services.feedback import feedback_apply, feedback_report
 from tokenflow_site.errors import ApiError
+from web.admin_display import admin_link, changelist_link, ms, percent, tokens, truncated
 
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 MAX_IMPORT_ROWS = 20_000
@@ -55,9 +57,9 @@ class ModelRankingAdmin(admin.ModelAdmin):
         "upstream_model",
         "rank",
         "enabled",
-        "input_price_per_mtok",
-        "output_price_per_mtok",
-        "context_window",
+        "input_price",
+        "output_price",
+        "context",
         "supports_chat",
         "supports_tools",
         "supports_json_object",
@@ -127,6 +129,18 @@ class ModelRankingAdmin(admin.ModelAdmin):
         ("Provider options", {"fields": ["options"]}),
     ]
 
+    @admin.display(description="input", ordering="input_price_per_mtok")
+    def input_price(self, obj):
+        return f"${obj.input_price_per_mtok:.2f} / Mtok"
+
+    @admin.display(description="output", ordering="output_price_per_mtok")
+    def output_price(self, obj):
+        return f"${obj.output_price_per_mtok:.2f} / Mtok"
+
+    @admin.display(description="context", ordering="context_window")
+    def context(self, obj):
+        return tokens(obj.context_window)
+
 
 class CategoryExampleFormSet(BaseInlineFormSet):
     """Examples belong to the category (shared by all its routes), not to one route: the
@@ -186,11 +200,16 @@ class CategoryExampleInline(admin.TabularInline):
 
 @admin.register(CategoryRoute)
 class CategoryRouteAdmin(admin.ModelAdmin):
-    list_display = ["category", "model", "priority", "enabled", "description", "updated_at"]
+    list_display = ["category", "model", "priority", "enabled", "short_description", "updated_at"]
     list_editable = ["priority", "enabled"]
     list_filter = ["category", "enabled", "model__provider"]
     search_fields = ["category", "description", "model__name"]
     list_select_related = ["model"]
+
+    @admin.display(description="description")
+    def short_description(self, obj):
+        return truncated(obj.description, 70)
+
     date_hierarchy = "created_at"
     inlines = [CategoryExampleInline]
 
@@ -406,13 +425,24 @@ class RouterHeadAdmin(admin.ModelAdmin):
 @admin.register(Prompt)
 class PromptAdmin(ReadOnlyAdmin):
     list_display = ["id", "short_text", "source", "api_key", "created_at"]
+    readonly_fields = ["related"]
     list_filter = ["source", "created_at"]
     search_fields = ["text", "sha256"]
     date_hierarchy = "created_at"
 
     @admin.display(description="text")
     def short_text(self, obj):
-        return obj.text[:100]
+        return truncated(obj.text, 100)
+
+    @admin.display(description="related records")
+    def related(self, obj):
+        query = f"prompt__id__exact={obj.pk}"
+        links = [
+            changelist_link("routing.generation", query, "generations"),
+            changelist_link("routing.classification", query, "classifications"),
+            changelist_link("compression.compression", query, "compressions"),
+        ]
+        return format_html_join(" · ", "{}", ((link,) for link in links))
 
 
 class CorrectionForm(forms.Form):
@@ -442,12 +472,14 @@ class ClassificationAdmin(admin.ModelAdmin):
         "id",
         "top_category",
         "feedback_category",
-        "confidence",
+        "confidence_pct",
+        "short_prompt",
         "engine",
         "multi_label",
-        "duration_ms",
+        "duration",
         "created_at",
     ]
+    list_select_related = ["prompt"]
     list_filter = ["top_category", "feedback_category", "engine", "multi_label", "created_at"]
     search_fields = ["prompt__text", "top_category"]
     date_hierarchy = "created_at"
@@ -465,8 +497,32 @@ class ClassificationAdmin(admin.ModelAdmin):
         "feedback_source",
         "feedback_at",
         "created_at",
+        "prompt_link",
+        "generations_link",
     ]
     actions = ["correct"]
+
+    @admin.display(description="confidence", ordering="confidence")
+    def confidence_pct(self, obj):
+        return percent(obj.confidence)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return ms(obj.duration_ms)
+
+    @admin.display(description="prompt")
+    def short_prompt(self, obj):
+        return truncated(obj.prompt.text if obj.prompt else "", 70)
+
+    @admin.display(description="prompt")
+    def prompt_link(self, obj):
+        return admin_link("routing.prompt", obj.prompt_id, truncated(str(obj.prompt or ""), 80))
+
+    @admin.display(description="generations")
+    def generations_link(self, obj):
+        return changelist_link(
+            "routing.generation", f"classification__id__exact={obj.pk}", "generations it routed"
+        )
 
     def has_add_permission(self, request):
         return False
@@ -519,17 +575,19 @@ class GenerationAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "model_name",
-        "provider",
         "transport",
         "status",
         "finish_reason",
+        "short_prompt",
         "tool_call_count",
-        "prompt_tokens",
-        "completion_tokens",
-        "ttft_ms",
-        "duration_ms",
+        "tokens_in",
+        "tokens_out",
+        "ttft",
+        "duration",
+        "links",
         "created_at",
     ]
+    readonly_fields = ["ttft", "duration", "tokens_in", "tokens_out", "links"]
     list_filter = ["status", "provider", "model_name", "transport", "finish_reason", "created_at"]
     search_fields = ["output_text", "prompt__text", "model_name", "error_message"]
     date_hierarchy = "created_at"
@@ -554,10 +612,10 @@ class GenerationAdmin(ReadOnlyAdmin):
             "Usage and timings",
             {
                 "fields": [
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "ttft_ms",
-                    "duration_ms",
+                    "tokens_in",
+                    "tokens_out",
+                    "ttft",
+                    "duration",
                     "created_at",
                     "started_at",
                     "finished_at",
@@ -565,12 +623,45 @@ class GenerationAdmin(ReadOnlyAdmin):
                 ]
             },
         ),
-        ("Links", {"fields": ["api_key", "model", "classification", "compression"]}),
+        ("Links", {"fields": ["links", "api_key", "model"]}),
     ]
 
     @admin.display(description="tool calls")
     def tool_call_count(self, obj):
         return len(obj.tool_calls or [])
+
+    @admin.display(description="prompt")
+    def short_prompt(self, obj):
+        return truncated(obj.prompt.text if obj.prompt else "", 60)
+
+    @admin.display(description="in", ordering="prompt_tokens")
+    def tokens_in(self, obj):
+        return tokens(obj.prompt_tokens)
+
+    @admin.display(description="out", ordering="completion_tokens")
+    def tokens_out(self, obj):
+        return tokens(obj.completion_tokens)
+
+    @admin.display(description="TTFT", ordering="ttft_ms")
+    def ttft(self, obj):
+        return ms(obj.ttft_ms)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return ms(obj.duration_ms)
+
+    @admin.display(description="related")
+    def links(self, obj):
+        parts = [
+            admin_link("routing.prompt", obj.prompt_id, "prompt") if obj.prompt_id else None,
+            admin_link("routing.classification", obj.classification_id, "classification")
+            if obj.classification_id
+            else None,
+            admin_link("compression.compression", obj.compression_id, "compression")
+            if obj.compression_id
+            else None,
+        ]
+        return format_html_join(" · ", "{}", ((p,) for p in parts if p)) or "–"
 
 
 @admin.register(Embedding)

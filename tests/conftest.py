@@ -86,3 +86,10 @@ def _close_stray_connections(django_db_setup, django_db_blocker):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests (Playwright's `page`) last: pytest-playwright keeps its sync event loop
+    running in the main thread from the first browser test to the end of the session, and
+    no async or ORM test should run under it."""
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "pipelines",
     "batches",
     "openai_batches",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -86,7 +87,7 @@ ASGI_APPLICATION = "tokenflow_site.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "tokenflow_site" / "templates"],
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -486,3 +487,11 @@ TOKENFLOW_EMBEDDINGS_STORE_VECTORS = env_bool("TOKENFLOW_EMBEDDINGS_STORE_VECTOR
 # /v1/files: where uploaded and produced files live, and the largest upload accepted.
 TOKENFLOW_FILES_DIR = Path(os.environ.get("TOKENFLOW_FILES_DIR", VAR_DIR / "files"))
 TOKENFLOW_MAX_UPLOAD_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+
+# ---------------------------------------------------------------------------
+# TokenFlow: staff pages (web/)
+# ---------------------------------------------------------------------------
+# ws/dashboard/: how often the consumer reads in-flight generations and active batch jobs
+# (pushed when they changed), and the shortest interval between two pushes of the charts.
+TOKENFLOW_DASHBOARD_LIVE_SECONDS = float(os.environ.get("TOKENFLOW_DASHBOARD_LIVE_SECONDS", 1))
+TOKENFLOW_DASHBOARD_STATS_SECONDS = float(os.environ.get("TOKENFLOW_DASHBOARD_STATS_SECONDS", 5))

@@ -5,6 +5,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from routing.views.metrics import metrics
+from web.views import images_from_this_server
+
+admin.site.site_header = "TokenFlow"
+admin.site.site_title = "TokenFlow admin"
+admin.site.index_title = "Gateway records and routing tables"
+admin.site.site_url = "/"  # "View site": the playground
 
 handler404 = "tokenflow_site.errors.handler404"
 handler500 = "tokenflow_site.errors.handler500"
@@ -24,8 +30,10 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path(
         "api/redoc/",
-        # Without drf-spectacular's Google Fonts links: nothing leaves the machine.
-        SpectacularRedocView.as_view(url_name="schema", template_name="tokenflow_site/redoc.html"),
+        # The stock template loads Google Fonts and the bundle a logo: nothing off-box here.
+        images_from_this_server(
+            SpectacularRedocView.as_view(url_name="schema", template_name="web/redoc.html")
+        ),
         name="redoc",
     ),
     path("api/", include("routing.urls")),
@@ -35,4 +43,5 @@ urlpatterns = [
     path("v1/", include("routing.openai_urls")),
     path("v1/", include("openai_batches.urls")),
     path("metrics", metrics, name="metrics"),
+    path("", include("web.urls")),
 ]

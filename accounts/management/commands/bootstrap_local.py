@@ -46,9 +46,11 @@ class Command(BaseCommand):
         base = f"http://127.0.0.1:{port}"
         self.stdout.write(
             f"\nTokenFlow is starting on {base}\n"
-            f"  admin:   {base}/admin/  user {username!r}, password {password!r}\n"
+            f"  open:    {base}/  (playground; dashboard at {base}/dashboard/)\n"
+            f"  login:   user {username!r}, password {password!r}  (admin: {base}/admin/)\n"
             f"  docs:    {base}/api/docs/\n"
-            f"  API key: {key}   (saved in {path})\n\n"
+            f"  API key: {key}   (saved in {path})\n"
+            f'  CLI:     .venv/bin/tokenflow ask --model auto "What is an AI model?"\n\n'
             "Try it:\n"
             f"  curl -N {base}/api/generate -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "

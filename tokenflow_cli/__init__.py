@@ -1,0 +1,1 @@
+"""The `tokenflow` terminal client (installed as a console script by `make install`)."""
