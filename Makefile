@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard bench-limits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench-dashboard: install
 
 bench-local: assets
 	$(PY) bench/local_model.py | tee bench/results/local_model.txt
+
+# The issue-11 checks' cost: 80bec47 vs the current code, side by side; writes its own file.
+bench-limits: install
+	$(PY) bench/limits.py --profile 40 --out bench/results/limits.txt
 
 clean:
 	rm -rf $(VENV) var

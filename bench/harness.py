@@ -49,9 +49,13 @@ def wait_http(url: str, process: subprocess.Popen | None = None, timeout: float 
 
 
 class Gateway:
-    """A fresh TokenFlow: temp SQLite DB, migrated, seeded by `setup(django)`, served by daphne."""
+    """A fresh TokenFlow: temp SQLite DB, migrated, seeded by `setup(django)`, served by daphne.
 
-    def __init__(self, **env: str) -> None:
+    `root` is the checkout whose manage.py and ASGI app run (default: this repository), so a
+    bench can serve another revision (a `git worktree`) with the same venv side by side."""
+
+    def __init__(self, root: str | Path | None = None, **env: str) -> None:
+        self.root = Path(root) if root is not None else ROOT
         self.dir = tempfile.mkdtemp(prefix="tokenflow-bench-")
         self.env = {
             **os.environ,
@@ -71,7 +75,7 @@ class Gateway:
 
     def manage(self, *args: str) -> str:
         return subprocess.run(
-            [PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True
+            [PY, "manage.py", *args], cwd=self.root, env=self.env, check=True, capture_output=True
         ).stdout.decode()
 
     def shell(self, code: str) -> str:
@@ -92,7 +96,7 @@ class Gateway:
                 "60",
                 "tokenflow_site.asgi:application",
             ],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(Path(self.dir) / "daphne.log", "wb"),  # noqa: SIM115
