@@ -82,3 +82,16 @@ def test_check_deploy_is_clean_with_production_env():
 def test_no_missing_migrations():
     result = _manage("makemigrations", "--check", "--dry-run")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readme():
+    """The README's tables document every variable settings.py reads."""
+    import re
+
+    from django.conf import settings
+
+    source = (settings.BASE_DIR / "tokenflow_site" / "settings.py").read_text()
+    names = set(re.findall(r'(?:environ\.get|env_bool|env_list)\(\s*"([A-Z0-9_]+)"', source))
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    missing = sorted(name for name in names if name not in readme)
+    assert len(names) > 50 and not missing, missing
