@@ -2,11 +2,18 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from compression.models import Compression
-from web.admin_display import admin_link, changelist_link, ms, percent, tokens, truncated
+from web.admin_display import (
+    TimingColumns,
+    admin_link,
+    changelist_link,
+    percent,
+    tokens,
+    truncated,
+)
 
 
 @admin.register(Compression)
-class CompressionAdmin(admin.ModelAdmin):
+class CompressionAdmin(TimingColumns, admin.ModelAdmin):
     list_display = [
         "id",
         "short_text",
@@ -61,10 +68,6 @@ class CompressionAdmin(admin.ModelAdmin):
     @admin.display(description="requested", ordering="requested_ratio")
     def requested(self, obj):
         return percent(obj.requested_ratio, 0)
-
-    @admin.display(description="duration", ordering="duration_ms")
-    def duration(self, obj):
-        return ms(obj.duration_ms)
 
     @admin.display(description="prompt")
     def prompt_link(self, obj):

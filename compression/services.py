@@ -114,6 +114,19 @@ def compression_persist(
     )
 
 
+def _options(ratio, target_tokens, question, force_tokens, instruction, engine, method) -> dict:
+    """compression_compute's keyword arguments, with empty defaults filled in."""
+    return {
+        "ratio": ratio,
+        "target_tokens": target_tokens,
+        "question": question or "",
+        "force_tokens": list(force_tokens or []),
+        "instruction": instruction or "",
+        "engine": engine,
+        "method": method,
+    }
+
+
 def compression_create(
     *,
     text: str,
@@ -128,15 +141,7 @@ def compression_create(
     method: str | None = None,
 ) -> Compression:
     """Compress and persist validated input (sync; blocks for the model run)."""
-    options = {
-        "ratio": ratio,
-        "target_tokens": target_tokens,
-        "question": question or "",
-        "force_tokens": list(force_tokens or []),
-        "instruction": instruction or "",
-        "engine": engine,
-        "method": method,
-    }
+    options = _options(ratio, target_tokens, question, force_tokens, instruction, engine, method)
     result = compression_compute(text=text, **options)
     return compression_persist(
         text=text,
@@ -164,15 +169,7 @@ async def acompression_create(
 ) -> Compression:
     """Async `compression_create`: the model runs in a worker thread (off the event loop,
     concurrently with other requests); the ORM write goes through the sync thread."""
-    options = {
-        "ratio": ratio,
-        "target_tokens": target_tokens,
-        "question": question or "",
-        "force_tokens": list(force_tokens or []),
-        "instruction": instruction or "",
-        "engine": engine,
-        "method": method,
-    }
+    options = _options(ratio, target_tokens, question, force_tokens, instruction, engine, method)
     result = await sync_to_async(compression_compute, thread_sensitive=False)(text=text, **options)
     return await sync_to_async(compression_persist)(
         text=text,

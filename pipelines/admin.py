@@ -3,7 +3,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from pipelines.models import Agent, Conversation, Pipeline, PipelineRun, RunAgent
-from web.admin_display import ms, truncated
+from web.admin_display import TimingColumns, ms, truncated
 
 
 def _generation_link(generation_id: int | None) -> str:
@@ -66,7 +66,7 @@ class RunAgentInline(admin.TabularInline):
 
 
 @admin.register(PipelineRun)
-class PipelineRunAdmin(admin.ModelAdmin):
+class PipelineRunAdmin(TimingColumns, admin.ModelAdmin):
     """Runs are records of what happened: read-only, with links to every generation."""
 
     list_display = [
@@ -102,14 +102,6 @@ class PipelineRunAdmin(admin.ModelAdmin):
     @admin.display(description="agents", ordering="agents_ms")
     def agents(self, obj):
         return ms(obj.agents_ms)
-
-    @admin.display(description="TTFT", ordering="ttft_ms")
-    def ttft(self, obj):
-        return ms(obj.ttft_ms)
-
-    @admin.display(description="duration", ordering="duration_ms")
-    def duration(self, obj):
-        return ms(obj.duration_ms)
 
     @admin.display(description="aggregator")
     def aggregator_link(self, obj):

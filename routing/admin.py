@@ -27,7 +27,14 @@ from routing.models import (
 )
 from routing.services.feedback import feedback_apply, feedback_report
 from tokenflow_site.errors import ApiError
-from web.admin_display import admin_link, changelist_link, ms, percent, tokens, truncated
+from web.admin_display import (
+    TimingColumns,
+    admin_link,
+    changelist_link,
+    percent,
+    tokens,
+    truncated,
+)
 
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 MAX_IMPORT_ROWS = 20_000
@@ -467,7 +474,7 @@ class ClassificationChangeForm(forms.ModelForm):
 
 
 @admin.register(Classification)
-class ClassificationAdmin(admin.ModelAdmin):
+class ClassificationAdmin(TimingColumns, admin.ModelAdmin):
     list_display = [
         "id",
         "top_category",
@@ -505,10 +512,6 @@ class ClassificationAdmin(admin.ModelAdmin):
     @admin.display(description="confidence", ordering="confidence")
     def confidence_pct(self, obj):
         return percent(obj.confidence)
-
-    @admin.display(description="duration", ordering="duration_ms")
-    def duration(self, obj):
-        return ms(obj.duration_ms)
 
     @admin.display(description="prompt")
     def short_prompt(self, obj):
@@ -571,7 +574,7 @@ class ClassificationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Generation)
-class GenerationAdmin(ReadOnlyAdmin):
+class GenerationAdmin(TimingColumns, ReadOnlyAdmin):
     list_display = [
         "id",
         "model_name",
@@ -641,14 +644,6 @@ class GenerationAdmin(ReadOnlyAdmin):
     @admin.display(description="out", ordering="completion_tokens")
     def tokens_out(self, obj):
         return tokens(obj.completion_tokens)
-
-    @admin.display(description="TTFT", ordering="ttft_ms")
-    def ttft(self, obj):
-        return ms(obj.ttft_ms)
-
-    @admin.display(description="duration", ordering="duration_ms")
-    def duration(self, obj):
-        return ms(obj.duration_ms)
 
     @admin.display(description="related")
     def links(self, obj):

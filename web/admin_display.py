@@ -1,5 +1,6 @@
 """Formatting helpers shared by the admin screens: truncated text, units, links."""
 
+from django.contrib import admin
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
@@ -47,3 +48,16 @@ def changelist_link(app_model: str, query: str, label: str) -> str:
     app_label, model = app_model.split(".")
     url = reverse(f"admin:{app_label}_{model}_changelist")
     return format_html('<a href="{}?{}">{}</a>', url, query, label)
+
+
+class TimingColumns:
+    """ModelAdmin mixin: `ttft` and `duration` columns with units, sortable by the raw
+    `ttft_ms` / `duration_ms` fields (generations, classifications, runs, compressions)."""
+
+    @admin.display(description="TTFT", ordering="ttft_ms")
+    def ttft(self, obj):
+        return ms(obj.ttft_ms)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj):
+        return ms(obj.duration_ms)

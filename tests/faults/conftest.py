@@ -7,9 +7,6 @@ so it can check rows while TokenFlow's own link is down.
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,16 +19,11 @@ from django.db import connection
 
 from bench.mock_upstream import MockUpstream
 from tests.faults.proxy import FaultProxy
+from tests.live import daphne_server
 
 ROOT = Path(__file__).resolve().parents[2]
 # The live server's upstream read timeout: short, so a stalled upstream fails within a test.
 UPSTREAM_READ_TIMEOUT = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThreadedUpstream:
@@ -112,47 +104,23 @@ def fault_stack(django_db_setup, django_db_blocker, tmp_path_factory):
         FaultProxy("127.0.0.1", upstream_port).start(),
     ]
     pg_proxy, redis_proxy, upstream_proxy = proxies
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("daphne-faults") / "daphne.log"
-    log = log_path.open("wb")
+    log_dir = tmp_path_factory.mktemp("daphne-faults")
     env = {
-        **os.environ,
-        "DATABASE_URL": _proxied_database_url(pg_proxy.port),
         "REDIS_URL": _proxied_redis_url(redis_url, redis_proxy.port),
-        "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
         "TOKENFLOW_UPSTREAM_READ_TIMEOUT": str(UPSTREAM_READ_TIMEOUT),
         "TOKENFLOW_UPSTREAM_CONNECT_TIMEOUT": "2",
         "TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS": "1",  # the mock upstream is on loopback
         "LOG_LEVEL": "WARNING",
     }
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    command.append("tokenflow_site.asgi:application")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log_path = log_dir / "daphne.log"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {process.returncode}; see {log_path}")
+        with daphne_server(log_dir, _proxied_database_url(pg_proxy.port), env) as url:
             try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not answer /healthz in 90 s; see {log_path}")
-            time.sleep(0.2)
-        yield Stack(url, pg_proxy, redis_proxy, upstream_proxy, upstream.server, log_path)
+                yield Stack(url, pg_proxy, redis_proxy, upstream_proxy, upstream.server, log_path)
+            finally:
+                for proxy in proxies:
+                    proxy.passthrough()  # let daphne shut down cleanly
     finally:
-        for proxy in proxies:
-            proxy.passthrough()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-        log.close()
         for proxy in proxies:
             proxy.close()
         upstream.close()
