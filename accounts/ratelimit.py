@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 
 from tokenflow_site.errors import ApiError
 
@@ -130,10 +131,11 @@ def _key(api_key_id: int, resource: str) -> str:
 
 
 def _redis_client():
-    """The raw redis client of Django's RedisCache, or None for other backends."""
-    inner = getattr(cache, "_cache", None)
-    if type(cache).__name__ == "RedisCache" and hasattr(inner, "get_client"):
-        return inner.get_client(None, write=True)
+    """The raw redis client of Django's RedisCache, or None for other backends.
+    (`django.core.cache.cache` is a proxy: look at the backend object itself.)"""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        return backend._cache.get_client(None, write=True)
     return None
 
 

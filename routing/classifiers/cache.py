@@ -1,16 +1,21 @@
-"""A routing-table version stamp shared by every process through the Django cache.
+"""A routing-table version stamp shared by every process.
 
 Staff edits to CategoryRoute (signals in routing.signals) replace the stamp; each
-process compares it with the one its cached description embeddings were built under
-and drops them when it changed. Under REDIS_URL the cache is Redis, so an edit made in
-one process (the admin) reaches the API processes on their next request.
+process compares it with the one its cached routing table and description embeddings
+were built under and drops them when it changed. Under REDIS_URL the cache is Redis, so
+an edit made in one process (the admin) reaches the API processes on their next request.
+On the embedded default the cache is per process (LocMemCache), so the stamp is a
+fingerprint of the tables themselves instead (three small aggregate queries), which
+every process (daphne, batch workers) reads alike.
 """
 
 import logging
 import time
 import uuid
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.locmem import LocMemCache
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +24,29 @@ VERSION_KEY = "tokenflow:routes_version"
 UNAVAILABLE_STAMP_SECONDS = 30
 
 
+def _cache_is_shared() -> bool:
+    """False for a per-process cache (`cache` is a proxy: look at the backend itself)."""
+    return not isinstance(caches["default"], LocMemCache | DummyCache)
+
+
+def _tables_fingerprint() -> str:
+    """Changes whenever a route, an example or the active head is added, edited or removed."""
+    from django.db.models import Count, Max
+
+    from routing.models import CategoryExample, CategoryRoute, RouterHead
+
+    routes = CategoryRoute.objects.aggregate(n=Count("id"), t=Max("updated_at"))
+    examples = CategoryExample.objects.aggregate(n=Count("id"), m=Max("id"))
+    head = RouterHead.objects.filter(active=True).aggregate(m=Max("id"))
+    return f"db-{routes['n']}-{routes['t']}-{examples['n']}-{examples['m']}-{head['m']}"
+
+
 def routes_version() -> str:
     """The current stamp (created on first use). While the cache is unreachable, a stamp
     that changes every UNAVAILABLE_STAMP_SECONDS: classification keeps working and sees
     route edits within that time."""
+    if not _cache_is_shared():
+        return _tables_fingerprint()
     try:
         version = cache.get(VERSION_KEY)
         if version is None:

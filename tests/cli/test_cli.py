@@ -13,7 +13,7 @@ import pytest
 
 from accounts.models import ApiKey
 from batches.models import BatchJob
-from routing.models import Generation
+from routing.models import CategoryRoute, Generation
 from tests.factories import mock_model, route
 from tests.live import ROOT, daphne_server
 from tests.live import database_url as live_database_url
@@ -137,6 +137,7 @@ def test_ctrl_c_cancels_the_generation(cli_env):
 
 
 def test_classify(cli_env):
+    CategoryRoute.objects.all().delete()  # only this test's two categories
     model = mock_model("mock/any")
     route("billing", model, description="invoices")
     route("support", model, description="help")
