@@ -345,8 +345,9 @@ async def _text_complete(events, *, gen_id: str, model: str, n: int, echo: str) 
         ),
         (200, "text/event-stream"): OpenApiResponse(
             CompletionChunkEventSerializer,
-            description="`stream: true`: `data: <chat.completion.chunk>` lines, the last "
-            "chunk with `finish_reason`, an optional usage chunk "
+            description="`stream: true`: `data: <chat.completion.chunk>` lines (with `n` > 1 "
+            "the choices interleave, each chunk naming its `index`), one chunk per choice "
+            "with `finish_reason`, an optional usage chunk (summed over the choices) "
             "(`stream_options.include_usage`), then `data: [DONE]`. A failure after the "
             'stream started is a `data: {"error": {...}}` line.',
         ),
@@ -377,7 +378,8 @@ async def _text_complete(events, *, gen_id: str, model: str, n: int, echo: str) 
 async def chat_completions(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
     """OpenAI's chat completions with tools, structured output (`response_format`) and
     image parts; `model: "auto"` classifies and routes to a model with the capabilities the
-    request needs. Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`."""
+    request needs. `n` > 1: one generation per choice, run concurrently. Errors use
+    OpenAI's shape `{"error": {"message", "type", "param", "code"}}`."""
     try:
         prepared = await _prepare(request, data)
     except ApiError as exc:
