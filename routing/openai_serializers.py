@@ -451,14 +451,23 @@ class OpenAISamplingSerializer(SamplingSerializer):
         required=False,
         allow_null=True,
         min_value=1,
-        max_value=1,
-        help_text="Only 1: one choice per request.",
+        help_text="Choices to generate, 1..TOKENFLOW_MAX_CHOICES (default 8): each choice is "
+        "its own generation (own upstream call, own Generation row); usage is their sum.",
     )
     stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_null=True, max_length=256)
     frequency_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     presence_penalty = StrictFloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+
+    def validate_n(self, value: int | None) -> int | None:
+        limit = settings.TOKENFLOW_MAX_CHOICES
+        if value is not None and value > limit:
+            raise _invalid(
+                f"Ensure this value is less than or equal to {limit} (TOKENFLOW_MAX_CHOICES).",
+                "out_of_range",
+            )
+        return value
 
     def passthrough(self) -> dict[str, Any]:
         """The body's unknown fields (bounded), kept as `extra_body` for the allowlist."""
@@ -490,6 +499,7 @@ class OpenAISamplingSerializer(SamplingSerializer):
         extra = {
             "stream": attrs.get("stream", False),
             "include_usage": bool((attrs.get("stream_options") or {}).get("include_usage")),
+            "n": attrs.get("n") or 1,
         }
         return extra, options
 

@@ -479,6 +479,8 @@ TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS = env_bool("TOKENFLOW_ALLOW_PRIVATE_UPSTREAMS"
 # ---------------------------------------------------------------------------
 # Image parts per chat request, and the size of one image URL (a data: URL holds the image).
 TOKENFLOW_MAX_IMAGES = int(os.environ.get("TOKENFLOW_MAX_IMAGES", 16))
+# Choices (`n`) per /v1 completion request: each is its own generation (400 beyond).
+TOKENFLOW_MAX_CHOICES = int(os.environ.get("TOKENFLOW_MAX_CHOICES", 8))
 TOKENFLOW_MAX_IMAGE_URL_CHARS = int(os.environ.get("TOKENFLOW_MAX_IMAGE_URL_CHARS", 10_000_000))
 # /v1/embeddings: inputs per request, the default model, and whether vectors are stored.
 TOKENFLOW_MAX_EMBEDDING_INPUTS = int(os.environ.get("TOKENFLOW_MAX_EMBEDDING_INPUTS", 2048))

@@ -279,6 +279,125 @@ async def generation_acreate(
     )
 
 
+async def generation_acreate_many(
+    *,
+    request: GenerationRequest,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str = Prompt.Source.API,
+    n: int = 1,
+) -> list[PreparedGeneration]:
+    """`n` generations of one request (OpenAI's `n`): the model choice (routing), the
+    Prompt and any compression are made once by `generation_acreate`, then n - 1 more
+    queued Generations of the same prepared request, each with its own stream slot and
+    token reservation. If one of them is refused (429), the ones already prepared are
+    closed as cancelled (slots and tokens given back) and the error is raised."""
+    first = await generation_acreate(
+        request=request, api_key=api_key, transport=transport, source=source
+    )
+    if n <= 1:
+        return [first]
+    return await sync_to_async(_prepared_more)(
+        first, n - 1, request=request, api_key=api_key, transport=transport, source=source
+    )
+
+
+def _prepared_more(
+    first: PreparedGeneration,
+    count: int,
+    *,
+    request: GenerationRequest,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str,
+) -> list[PreparedGeneration]:
+    prepared = [first]
+    try:
+        for _ in range(count):
+            prepared.append(
+                _prepared(
+                    first.choice,
+                    messages=first.generation.input_messages,
+                    params=request.params,
+                    api_key=api_key,
+                    transport=transport,
+                    source=source,
+                    prompt=first.generation.prompt,
+                    compression=first.generation.compression,
+                    options=request.options,
+                )
+            )
+    except ApiError as exc:
+        for item in prepared:
+            _finish(
+                item.generation,
+                Generation.Status.CANCELLED,
+                error_code=exc.code,
+                error_message=f"Not run: another choice of the request was refused ({exc.code}).",
+            )
+        raise
+    return prepared
+
+
+async def events_interleaved(
+    prepared: list[PreparedGeneration],
+) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """(index, event) of the prepared generations' event streams, run concurrently and
+    interleaved as their events come (one stream: no task, no queue). Closing it (client
+    gone) cancels every stream; each persists itself as cancelled, and one that never
+    started is closed as cancelled here."""
+    if len(prepared) == 1:
+        async with aclosing(prepared[0].events()) as events:
+            async for event in events:
+                yield 0, event
+        return
+    queue: asyncio.Queue = asyncio.Queue(maxsize=8 * len(prepared))
+
+    async def pump(index: int, item: PreparedGeneration) -> None:
+        try:
+            async with aclosing(item.events()) as events:
+                async for event in events:
+                    await queue.put((index, event))
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put((index, exc))
+            return
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, item)) for i, item in enumerate(prepared)]
+    try:
+        running = len(tasks)
+        while running:
+            index, event = await queue.get()
+            if event is None:
+                running -= 1
+            elif isinstance(event, BaseException):
+                raise event
+            else:
+                yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.shield(_cancelled_all(tasks, prepared))
+
+
+async def _cancelled_all(tasks: list[asyncio.Task], prepared: list[PreparedGeneration]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    unstarted = [p.generation for p in prepared if p.generation.finished_at is None]
+    if unstarted:
+        await sync_to_async(_unstarted_cancel)(unstarted)
+
+
+def _unstarted_cancel(generations: list[Generation]) -> None:
+    for generation in generations:
+        with contextlib.suppress(*UNREACHABLE):
+            _finish(
+                generation,
+                Generation.Status.CANCELLED,
+                error_code="cancelled",
+                error_message="The client disconnected or cancelled the generation.",
+            )
+
+
 def _generation_create(
     *, request: GenerationRequest, api_key: ApiKey | None, transport: str, source: str
 ) -> PreparedGeneration:

@@ -23,13 +23,15 @@ from routing.services.generation import (
     GenerationRequest,
     PreparedGeneration,
     StreamEvent,
-    generation_acreate,
+    events_interleaved,
+    generation_acreate_many,
     options_ignored,
 )
 from tokenflow_site.endpoints import api_endpoint
 from tokenflow_site.errors import ApiError, openai_error_response
 
 IGNORED_HEADER = "x-tokenflow-ignored-fields"
+GENERATION_IDS_HEADER = "x-tokenflow-generation-ids"
 
 
 OPENAI_ERRORS = {
@@ -145,6 +147,7 @@ def _chunk(
     created: int,
     choice: dict | None,
     *,
+    index: int = 0,
     kind: str = "chat.completion.chunk",
     usage=None,
 ) -> dict:
@@ -153,7 +156,7 @@ def _chunk(
         "object": kind,
         "created": created,
         "model": model,
-        "choices": [{"index": 0, **choice}] if choice is not None else [],
+        "choices": [{"index": index, **choice}] if choice is not None else [],
     }
     if usage is not None:
         body["usage"] = usage
@@ -178,14 +181,21 @@ def _sse_error(data: dict[str, Any]) -> bytes:
     )
 
 
-async def _stream_body(events, *, model: str, include_usage: bool):
-    """chat.completion.chunk per text or tool-call delta, as they come."""
-    created, gen_id, first = int(time.time()), "chatcmpl-0", True
+def _usage_sum(usages: list[dict[str, int]]) -> dict[str, int]:
+    """The usage of n choices: each is its own upstream call, so every count is summed."""
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {key: sum(usage[key] for usage in usages) for key in keys}
+
+
+async def _stream_body(events, *, gen_id: str, model: str, include_usage: bool):
+    """chat.completion.chunk per text or tool-call delta of every choice, as they come
+    (interleaved, each with its `index`), one finish chunk per choice, then the summed
+    usage chunk and [DONE]. An error of any choice ends the stream (the others are
+    cancelled)."""
+    created, started, usages = int(time.time()), set(), []
     async with aclosing(events):
-        async for event in events:
-            if event.type == "metadata":
-                gen_id = f"chatcmpl-{event.data['generation_id']}"
-            elif event.type in ("text", "tool_call"):
+        async for index, event in events:
+            if event.type in ("text", "tool_call"):
                 logprobs = None
                 if event.type == "text":
                     delta: dict[str, Any] = {"content": event.data["text"]}
@@ -193,132 +203,134 @@ async def _stream_body(events, *, model: str, include_usage: bool):
                         logprobs = {"content": event.data["logprobs"]}
                 else:
                     delta = {"tool_calls": [event.data]}
-                if first:
-                    delta, first = {"role": "assistant", **delta}, False
+                if index not in started:
+                    delta = {"role": "assistant", **delta}
+                    started.add(index)
                 choice = {"delta": delta, "logprobs": logprobs, "finish_reason": None}
-                yield _sse(_chunk(gen_id, model, created, choice))
+                yield _sse(_chunk(gen_id, model, created, choice, index=index))
             elif event.type == "end":
                 choice = {
                     "delta": {},
                     "logprobs": None,
                     "finish_reason": event.data["finish_reason"],
                 }
-                yield _sse(_chunk(gen_id, model, created, choice))
-                if include_usage:
-                    yield _sse(_chunk(gen_id, model, created, None, usage=event.data["usage"]))
-                yield _sse("[DONE]")
+                yield _sse(_chunk(gen_id, model, created, choice, index=index))
+                usages.append(event.data["usage"])
             elif event.type == "error":
                 yield _sse_error(event.data)
+                return
+    if include_usage:
+        yield _sse(_chunk(gen_id, model, created, None, usage=_usage_sum(usages)))
+    yield _sse("[DONE]")
 
 
-async def _collect(events) -> tuple[str, dict[str, Any], list[dict], StreamEvent | JsonResponse]:
-    """Run the stream to its end: (id, text, logprobs, end event) or an error response."""
-    text: list[str] = []
-    logprobs: list[dict] = []
-    gen_id = "0"
+async def _collect(events, n: int) -> list[tuple[str, list[dict], StreamEvent]] | JsonResponse:
+    """Run the n streams to their end: per choice (text, logprobs, end event), or the
+    error response of the first choice that failed (the others are cancelled)."""
+    texts: list[list[str]] = [[] for _ in range(n)]
+    logprobs: list[list[dict]] = [[] for _ in range(n)]
+    ends: list[StreamEvent | None] = [None] * n
     async with aclosing(events):
-        async for event in events:
-            if event.type == "metadata":
-                gen_id = str(event.data["generation_id"])
-            elif event.type == "text":
-                text.append(event.data["text"])
-                logprobs.extend(event.data.get("logprobs") or [])
+        async for index, event in events:
+            if event.type == "text":
+                texts[index].append(event.data["text"])
+                logprobs[index].extend(event.data.get("logprobs") or [])
             elif event.type == "end":
-                return gen_id, "".join(text), logprobs, event
+                ends[index] = event
             elif event.type == "error":
                 data = event.data
-                return (
-                    gen_id,
-                    "",
-                    [],
-                    openai_error_response(
-                        ApiError(
-                            data["message"],
-                            code=data["code"],
-                            status=data.get("status") or 502,
-                            retry_after=data.get("retry_after"),
-                        )
-                    ),
+                return openai_error_response(
+                    ApiError(
+                        data["message"],
+                        code=data["code"],
+                        status=data.get("status") or 502,
+                        retry_after=data.get("retry_after"),
+                    )
                 )
-    raise RuntimeError("the generation stream ended without an end event")
+    if any(end is None for end in ends):
+        raise RuntimeError("a generation stream ended without an end event")
+    return [("".join(texts[i]), logprobs[i], ends[i]) for i in range(n)]
 
 
-async def _complete(events, *, model: str) -> JsonResponse:
-    gen_id, text, logprobs, end = await _collect(events)
-    if isinstance(end, JsonResponse):
-        return end
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if end.data.get("tool_calls"):
-        message["tool_calls"] = end.data["tool_calls"]
-        message["content"] = text or None
+async def _complete(events, *, gen_id: str, model: str, n: int) -> JsonResponse:
+    results = await _collect(events, n)
+    if isinstance(results, JsonResponse):
+        return results
+    choices = []
+    for index, (text, logprobs, end) in enumerate(results):
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if end.data.get("tool_calls"):
+            message["tool_calls"] = end.data["tool_calls"]
+            message["content"] = text or None
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": {"content": logprobs} if logprobs else None,
+                "finish_reason": end.data["finish_reason"],
+            }
+        )
     return JsonResponse(
         {
-            "id": f"chatcmpl-{gen_id}",
+            "id": gen_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": {"content": logprobs} if logprobs else None,
-                    "finish_reason": end.data["finish_reason"],
-                }
-            ],
-            "usage": end.data["usage"],
+            "choices": choices,
+            "usage": _usage_sum([end.data["usage"] for _text, _lp, end in results]),
         }
     )
 
 
-async def _text_stream_body(events, *, model: str, include_usage: bool, echo: str):
-    """Legacy completions streamed: text_completion objects with `text` deltas."""
-    created, gen_id = int(time.time()), "cmpl-0"
-    kind = "text_completion"
+async def _text_stream_body(events, *, gen_id: str, model: str, include_usage: bool, echo: str):
+    """Legacy completions streamed: text_completion objects with `text` deltas, each
+    choice's with its `index`."""
+    created, kind, usages = int(time.time()), "text_completion", []
     async with aclosing(events):
-        async for event in events:
+        async for index, event in events:
             if event.type == "metadata":
-                gen_id = f"cmpl-{event.data['generation_id']}"
                 if echo:
                     choice = {"text": echo, "logprobs": None, "finish_reason": None}
-                    yield _sse(_chunk(gen_id, model, created, choice, kind=kind))
+                    yield _sse(_chunk(gen_id, model, created, choice, index=index, kind=kind))
             elif event.type == "text":
                 choice = {"text": event.data["text"], "logprobs": None, "finish_reason": None}
-                yield _sse(_chunk(gen_id, model, created, choice, kind=kind))
+                yield _sse(_chunk(gen_id, model, created, choice, index=index, kind=kind))
             elif event.type == "end":
                 choice = {
                     "text": "",
                     "logprobs": None,
                     "finish_reason": event.data["finish_reason"],
                 }
-                yield _sse(_chunk(gen_id, model, created, choice, kind=kind))
-                if include_usage:
-                    yield _sse(
-                        _chunk(gen_id, model, created, None, kind=kind, usage=event.data["usage"])
-                    )
-                yield _sse("[DONE]")
+                yield _sse(_chunk(gen_id, model, created, choice, index=index, kind=kind))
+                usages.append(event.data["usage"])
             elif event.type == "error":
                 yield _sse_error(event.data)
+                return
+    if include_usage:
+        yield _sse(_chunk(gen_id, model, created, None, kind=kind, usage=_usage_sum(usages)))
+    yield _sse("[DONE]")
 
 
-async def _text_complete(events, *, model: str, echo: str) -> JsonResponse:
-    gen_id, text, _logprobs, end = await _collect(events)
-    if isinstance(end, JsonResponse):
-        return end
+async def _text_complete(events, *, gen_id: str, model: str, n: int, echo: str) -> JsonResponse:
+    results = await _collect(events, n)
+    if isinstance(results, JsonResponse):
+        return results
     return JsonResponse(
         {
-            "id": f"cmpl-{gen_id}",
+            "id": gen_id,
             "object": "text_completion",
             "created": int(time.time()),
             "model": model,
             "choices": [
                 {
                     "text": echo + text,
-                    "index": 0,
+                    "index": index,
                     "logprobs": None,
                     "finish_reason": end.data["finish_reason"],
                 }
+                for index, (text, _logprobs, end) in enumerate(results)
             ],
-            "usage": end.data["usage"],
+            "usage": _usage_sum([end.data["usage"] for _text, _lp, end in results]),
         }
     )
 
@@ -333,8 +345,9 @@ async def _text_complete(events, *, model: str, echo: str) -> JsonResponse:
         ),
         (200, "text/event-stream"): OpenApiResponse(
             CompletionChunkEventSerializer,
-            description="`stream: true`: `data: <chat.completion.chunk>` lines, the last "
-            "chunk with `finish_reason`, an optional usage chunk "
+            description="`stream: true`: `data: <chat.completion.chunk>` lines (with `n` > 1 "
+            "the choices interleave, each chunk naming its `index`), one chunk per choice "
+            "with `finish_reason`, an optional usage chunk (summed over the choices) "
             "(`stream_options.include_usage`), then `data: [DONE]`. A failure after the "
             'stream started is a `data: {"error": {...}}` line.',
         ),
@@ -365,21 +378,34 @@ async def _text_complete(events, *, model: str, echo: str) -> JsonResponse:
 async def chat_completions(request: HttpRequest, data: GenerationRequest) -> HttpResponse:
     """OpenAI's chat completions with tools, structured output (`response_format`) and
     image parts; `model: "auto"` classifies and routes to a model with the capabilities the
-    request needs. Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`."""
+    request needs. `n` > 1: one generation per choice, run concurrently. Errors use
+    OpenAI's shape `{"error": {"message", "type", "param", "code"}}`."""
     try:
-        prepared = await generation_acreate(
-            request=data, api_key=request.api_key, transport="openai", source=Prompt.Source.OPENAI
-        )
+        prepared = await _prepare(request, data)
     except ApiError as exc:
         return openai_error_response(exc)
-    events, model = prepared.events(), prepared.generation.model_name
+    events, model = events_interleaved(prepared), prepared[0].generation.model_name
+    gen_id, n = f"chatcmpl-{prepared[0].generation.pk}", len(prepared)
     if not data.extra["stream"]:
-        response = await _complete(events, model=model)
+        response = await _complete(events, gen_id=gen_id, model=model, n=n)
     else:
         response = _event_stream(
-            _stream_body(events, model=model, include_usage=data.extra["include_usage"])
+            _stream_body(
+                events, gen_id=gen_id, model=model, include_usage=data.extra["include_usage"]
+            )
         )
     return _with_headers(response, prepared, data)
+
+
+async def _prepare(request: HttpRequest, data: GenerationRequest) -> list[PreparedGeneration]:
+    """One queued Generation per choice (`n`), on one model choice and one Prompt."""
+    return await generation_acreate_many(
+        request=data,
+        api_key=request.api_key,
+        transport="openai",
+        source=Prompt.Source.OPENAI,
+        n=data.extra.get("n", 1),
+    )
 
 
 def _event_stream(body) -> StreamingHttpResponse:
@@ -390,13 +416,15 @@ def _event_stream(body) -> StreamingHttpResponse:
 
 
 def _with_headers(
-    response: HttpResponse, prepared: PreparedGeneration, data: GenerationRequest
+    response: HttpResponse, prepared: list[PreparedGeneration], data: GenerationRequest
 ) -> HttpResponse:
-    """The route header (model "auto") and `x-tokenflow-ignored-fields`: the unknown
-    request fields this model's allowlist did not let through."""
-    for name, value in prepared.headers.items():
+    """The route header (model "auto"), `x-tokenflow-generation-ids` (one Generation per
+    choice, in index order) and `x-tokenflow-ignored-fields`: the unknown request fields
+    this model's allowlist did not let through."""
+    for name, value in prepared[0].headers.items():
         response[name] = value
-    ignored = options_ignored(data.options, prepared.generation.model)
+    response[GENERATION_IDS_HEADER] = ",".join(str(p.generation.pk) for p in prepared)
+    ignored = options_ignored(data.options, prepared[0].generation.model)
     if ignored:
         response[IGNORED_HEADER] = ",".join(ignored)
     return response
@@ -426,19 +454,22 @@ async def completions(request: HttpRequest, data: GenerationRequest) -> HttpResp
     """Legacy text completions on the same generation service: the prompt is sent as one
     user message (chat models have no raw-text mode), `echo` prepends it to the answer."""
     try:
-        prepared = await generation_acreate(
-            request=data, api_key=request.api_key, transport="openai", source=Prompt.Source.OPENAI
-        )
+        prepared = await _prepare(request, data)
     except ApiError as exc:
         return openai_error_response(exc)
-    events, model = prepared.events(), prepared.generation.model_name
+    events, model = events_interleaved(prepared), prepared[0].generation.model_name
+    gen_id, n = f"cmpl-{prepared[0].generation.pk}", len(prepared)
     echo = data.extra["prompt"] if data.extra.get("echo") else ""
     if not data.extra["stream"]:
-        response = await _text_complete(events, model=model, echo=echo)
+        response = await _text_complete(events, gen_id=gen_id, model=model, n=n, echo=echo)
     else:
         response = _event_stream(
             _text_stream_body(
-                events, model=model, include_usage=data.extra["include_usage"], echo=echo
+                events,
+                gen_id=gen_id,
+                model=model,
+                include_usage=data.extra["include_usage"],
+                echo=echo,
             )
         )
     return _with_headers(response, prepared, data)
