@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -42,21 +43,22 @@ def database_url(port: int | None = None) -> str:
     return f"postgres://{auth}@{host}:{port or db['PORT'] or 5432}/{db['NAME']}"
 
 
-def spawn(job_id: int, url: str, **env: str) -> subprocess.Popen:
+def spawn(job_id: int, url: str, log: Path, **env: str) -> subprocess.Popen:
+    """A `batch_worker` for the job; its output goes to `log` (a file, not a pipe: an outage
+    logs a traceback per failed poll, which would fill a pipe nobody reads and block it)."""
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", **env}
     command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "batch_worker"]
     command += ["--job", str(job_id), "--lease", str(LEASE), "--poll", "0.1", "--quiet"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen) -> str:
-    """Kill it if still running; its stderr."""
+def stop(process: subprocess.Popen, log: Path) -> str:
+    """Kill it if still running; the end of its output."""
     if process.poll() is None:
         process.kill()
-    if process.stderr is None or process.stderr.closed:
-        return ""
-    _, err = process.communicate(timeout=30)
-    return err.decode(errors="replace")
+    process.wait(timeout=30)
+    return log.read_text(errors="replace")[-3000:]
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -104,12 +106,13 @@ def pg_proxy():
     proxy.close()
 
 
-def test_postgres_drops_all_connections_mid_batch(pg_proxy):
+def test_postgres_drops_all_connections_mid_batch(pg_proxy, tmp_path):
     n = 200
     # ~0.5 s per item at concurrency 20: the job takes about 5 s without faults.
     model = mock_model("mock/batch-pg", response=" ".join(["w"] * 10), token_delay=0.05)
     job = make_job(model.name, n=n, concurrency=20)
-    worker = spawn(job.pk, database_url(pg_proxy.port))
+    log = tmp_path / "worker.log"
+    worker = spawn(job.pk, database_url(pg_proxy.port), log)
     try:
         wait_until(lambda: completed(job) >= 40, 60, "progress before the fault")
         pg_proxy.refuse()  # every open connection reset, new ones refused
@@ -122,8 +125,8 @@ def test_postgres_drops_all_connections_mid_batch(pg_proxy):
         moving = wait_until(lambda: completed(job) > during, RECOVERY, "progress after return")
         done = wait_until(lambda: worker.poll() is not None, RECOVERY + 30, "worker exit")
     finally:
-        err = stop(worker)
-    assert worker.returncode == 0, err[-3000:]
+        output = stop(worker, log)
+    assert worker.returncode == 0, output
     assert resets > 0 and pg_proxy.stats.refused > 0  # the worker really lost its database
     assert_exactly_once(job, n)
     finished = BatchJob.objects.get(pk=job.pk).finished_at
@@ -146,12 +149,13 @@ def open_flush(table: str) -> bool:
         return cursor.fetchone()[0] > 0
 
 
-def test_worker_sigkilled_during_a_flush():
+def test_worker_sigkilled_during_a_flush(tmp_path):
     n = 400
     model = mock_model("mock/batch-kill", response="ok", token_delay=0.01)
     job = make_job(model.name, n=n, concurrency=50)
     table = BatchItem._meta.db_table
-    first = spawn(job.pk, database_url(), TOKENFLOW_FAULT_FLUSH_SLEEP="1.5")
+    logs = tmp_path / "first.log", tmp_path / "second.log"
+    first = spawn(job.pk, database_url(), logs[0], TOKENFLOW_FAULT_FLUSH_SLEEP="1.5")
     try:
         # The second flush or later: some results committed, the next batch in the open one.
         wait_until(lambda: completed(job) > 0 and open_flush(table), 60, "an open flush")
@@ -160,18 +164,18 @@ def test_worker_sigkilled_during_a_flush():
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
-        stop(first)
+        stop(first, logs[0])
     # The killed transaction rolled back: nothing it wrote is visible, its items stay leased.
     wait_until(lambda: not open_flush(table), 10, "the killed session to end")
     assert completed(job) == before < n
     assert BatchAttempt.objects.filter(item__job=job).count() == before
     started = time.monotonic()
-    second = spawn(job.pk, database_url())
+    second = spawn(job.pk, database_url(), logs[1])
     try:
         second.wait(timeout=LEASE + RECOVERY + 30)
     finally:
-        err = stop(second)
-    assert second.returncode == 0, err[-3000:]
+        output = stop(second, logs[1])
+    assert second.returncode == 0, output
     recovered = time.monotonic() - started
     assert_exactly_once(job, n)
     print(
