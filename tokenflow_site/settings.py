@@ -450,6 +450,9 @@ TOKENFLOW_BATCH_AUTO_SELECT = os.environ.get(
 # API keys, staff, the admin and the Python client alike (checked at creation and at run time).
 TOKENFLOW_BATCH_HANDLERS = env_list("TOKENFLOW_BATCH_HANDLERS", "")
 TOKENFLOW_BATCH_WS_POLL_SECONDS = float(os.environ.get("TOKENFLOW_BATCH_WS_POLL_SECONDS", 2))
+# Fault-injection point for tests/faults/test_batches.py (0 = off, never set it in production):
+# the worker sleeps this long inside each result-flush transaction, after its item UPDATE.
+TOKENFLOW_FAULT_FLUSH_SLEEP = float(os.environ.get("TOKENFLOW_FAULT_FLUSH_SLEEP", 0))
 if env_bool("TOKENFLOW_BATCH_WORKER", True):
     TOKENFLOW_SIDECARS.append(["batch_worker"])
 

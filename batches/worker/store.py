@@ -13,11 +13,13 @@ JSON cannot encode) from blocking the others: that item fails with `result_unwri
 import datetime
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -360,6 +362,8 @@ def _write_round(outcomes: list[Outcome]) -> set[int]:
             chunk = _values(ITEM_COLUMNS, rows[start : start + CHUNK])
             cursor.execute(_item_update_sql(postgres, len(chunk)), _parameters(postgres, chunk))
             accepted.update(r[0] for r in cursor.fetchall())
+        if settings.TOKENFLOW_FAULT_FLUSH_SLEEP:  # fault injection (tests only): see settings
+            time.sleep(settings.TOKENFLOW_FAULT_FLUSH_SLEEP)
         attempts = [
             r for r in rows if r.outcome.attempt is not None and r.outcome.item.id in accepted
         ]

@@ -3,6 +3,7 @@ import signal
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from batches.models import BatchJob
 from batches.worker import BatchWorker
@@ -79,6 +80,11 @@ class Command(BaseCommand):
             await worker.run(grace_seconds=grace)
 
         self.stderr.write(f"batch worker {worker.worker_id} started")
+        # The worker uses its own DB threads: drop this thread's connection now, so the final
+        # status read below opens a fresh one instead of failing on a connection the database
+        # dropped while the worker ran (an outage or restart mid-job; the job completes, the
+        # process exited 1).
+        connection.close()
         asyncio.run(main())
         if show:
             sys.stderr.write("\n")
