@@ -300,7 +300,7 @@ def streams_acquire(*, api_key, stream_id: str, now: float | None = None) -> boo
     TOKENFLOW_MAX_STREAMS_PER_KEY. A slot a dead process never released expires after
     TOKENFLOW_STREAM_SLOT_SECONDS. True if a slot was taken (release it)."""
     cap = settings.TOKENFLOW_MAX_STREAMS_PER_KEY
-    if api_key is None or not cap:
+    if api_key is None or not cap or not _cache_available():
         return False
     now = _now() if now is None else now
     expiry = now + settings.TOKENFLOW_STREAM_SLOT_SECONDS
@@ -320,7 +320,7 @@ def streams_acquire(*, api_key, stream_id: str, now: float | None = None) -> boo
                     open_streams[stream_id] = expiry
                     cache.set(key, open_streams, timeout=settings.TOKENFLOW_STREAM_SLOT_SECONDS)
     except Exception:  # noqa: BLE001
-        logger.exception("Rate-limit cache unavailable; stream not counted")
+        _cache_failed("stream not counted")
         return False
     if not int(allowed):
         raise ApiError(
@@ -334,6 +334,8 @@ def streams_acquire(*, api_key, stream_id: str, now: float | None = None) -> boo
 
 
 def streams_release(*, api_key_id: int, stream_id: str) -> None:
+    if not _cache_available():
+        return  # the slot expires after TOKENFLOW_STREAM_SLOT_SECONDS
     key = _key(api_key_id, "streams")
     try:
         client = _redis_client()
@@ -345,4 +347,4 @@ def streams_release(*, api_key_id: int, stream_id: str) -> None:
             if open_streams.pop(stream_id, None) is not None:
                 cache.set(key, open_streams, timeout=settings.TOKENFLOW_STREAM_SLOT_SECONDS)
     except Exception:  # noqa: BLE001
-        logger.exception("Rate-limit cache unavailable; stream slot not released")
+        _cache_failed("stream slot not released")
