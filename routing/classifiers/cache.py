@@ -41,12 +41,16 @@ def _tables_fingerprint() -> str:
     return f"db-{routes['n']}-{routes['t']}-{examples['n']}-{examples['m']}-{head['m']}"
 
 
+def routes_table_version() -> str:
+    """The stamp a process's cached routing table is checked against: the shared cache's
+    stamp, or with a per-process cache the tables' fingerprint (one source for all)."""
+    return routes_version() if _cache_is_shared() else _tables_fingerprint()
+
+
 def routes_version() -> str:
     """The current stamp (created on first use). While the cache is unreachable, a stamp
     that changes every UNAVAILABLE_STAMP_SECONDS: classification keeps working and sees
     route edits within that time."""
-    if not _cache_is_shared():
-        return _tables_fingerprint()
     try:
         version = cache.get(VERSION_KEY)
         if version is None:

@@ -8,7 +8,7 @@ import numpy as np
 from django.conf import settings
 
 from routing.classifiers.base import Category
-from routing.classifiers.cache import routes_version
+from routing.classifiers.cache import routes_table_version
 from routing.models import CategoryExample, CategoryRoute, ModelRanking, RouterHead
 from tokenflow_site.errors import ApiError
 
@@ -94,7 +94,7 @@ def routing_table() -> RoutingTable:
     rebuilt when the routes version changes (any route, example or head edit, in any
     process: routing.signals)."""
     global _table
-    version = routes_version()
+    version = routes_table_version()
     table = _table
     if table is not None and table.version == version:
         return table
