@@ -169,11 +169,6 @@ class StreamQuerySerializer(serializers.Serializer):
     )
 
 
-# For extend_schema(parameters=...) on views that validate `format` themselves; prefer
-# api_endpoint(query=StreamQuerySerializer), which validates and documents it.
-STREAM_PARAMETERS = [StreamQuerySerializer]
-
-
 def wants_ndjson(request: HttpRequest) -> bool:
     return request.GET.get("format") == "ndjson" or "application/x-ndjson" in request.headers.get(
         "Accept", ""

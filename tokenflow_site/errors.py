@@ -138,36 +138,6 @@ def database_unavailable(exc: BaseException) -> ApiError | None:
     )
 
 
-def parse_json_body(request: HttpRequest) -> dict[str, Any]:
-    """Decode a JSON object body or raise a 400 ApiError."""
-    from tokenflow_site.api import json_object  # api builds on this module
-
-    return json_object(request.body)
-
-
-def require_text(data: dict[str, Any], field: str, *, max_chars: int | None = None) -> str:
-    """A non-empty string field, within the size limit (413 beyond it)."""
-    value = data.get(field)
-    if value is None:
-        raise ApiError(f"'{field}' is required.", code="required", field=field)
-    if not isinstance(value, str):
-        raise ApiError(f"'{field}' must be a string.", code="invalid_type", field=field)
-    if not value.strip():
-        raise ApiError(f"'{field}' must not be empty.", code="empty", field=field)
-    if max_chars is not None and len(value) > max_chars:
-        raise_too_large(field, len(value), max_chars)
-    return value
-
-
-def raise_too_large(field: str, size: int, limit: int) -> None:
-    raise ApiError(
-        f"'{field}' is {size} characters; the limit is {limit}.",
-        code="input_too_large",
-        status=413,
-        field=field,
-    )
-
-
 _DRF_CODES = {
     400: "invalid",
     401: "unauthorized",
