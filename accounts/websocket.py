@@ -10,6 +10,7 @@
 """
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
@@ -27,6 +28,8 @@ from accounts.permissions import Principal, principal_authorize
 from accounts.selectors import api_key_authenticate
 from tokenflow_site.api import json_loads
 from tokenflow_site.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 
 class _Headers:
@@ -324,3 +327,45 @@ class SocketPrincipalMixin:
                     status=401,
                 )
                 await self.close(code=4401)
+
+
+class ResilientLayerMixin:
+    """For consumers that join channel-layer groups: when the layer (Redis) is down the
+    socket keeps working without pushes. Group joins and leaves are skipped (logged), and
+    the layer's receive waits and retries instead of ending the consumer; the consumer's
+    own DB polling carries the updates meanwhile (docs/faults.md)."""
+
+    LAYER_RETRY_SECONDS = 2.0
+    _channel_receive = None
+
+    @property
+    def channel_receive(self):
+        return self._channel_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive) -> None:
+        # Channels sets this in AsyncConsumer.__call__; wrap it so a layer outage does not
+        # propagate out of the consumer's dispatch loop.
+        async def resilient():
+            while True:
+                try:
+                    return await receive()
+                except Exception:  # noqa: BLE001 - CancelledError (a BaseException) passes
+                    logger.warning("Channel layer unavailable; retrying", exc_info=True)
+                    await asyncio.sleep(self.LAYER_RETRY_SECONDS)
+
+        self._channel_receive = resilient
+
+    async def group_join(self, group: str) -> bool:
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception:  # noqa: BLE001
+            logger.warning("Channel layer unavailable: %s not joined (polling only)", group)
+            return False
+        return True
+
+    async def group_leave(self, group: str) -> None:
+        try:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception:  # noqa: BLE001
+            logger.warning("Channel layer unavailable: %s not left", group)

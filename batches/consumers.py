@@ -8,7 +8,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.permissions import Principal, owned_by
-from accounts.websocket import SocketPrincipalMixin
+from accounts.websocket import ResilientLayerMixin, SocketPrincipalMixin
 from batches.models import BatchJob
 from batches.selectors import batch_progress
 
@@ -20,7 +20,7 @@ def _progress_for(principal: Principal, job_id: int) -> dict | None:
     return None if job is None else batch_progress(job=job)
 
 
-class BatchProgressConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
+class BatchProgressConsumer(ResilientLayerMixin, SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
     """Sends {"type": "progress", ...} on connect, on every worker update and on changes
     seen by polling (workers in another process with an in-memory layer cannot push)."""
 
@@ -39,7 +39,7 @@ class BatchProgressConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
         if progress is None:
             await self.close(code=4404)
             return
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.group_join(self.group)
         await self.accept()
         await self._send(progress)
         self.poller = asyncio.create_task(self._poll())
@@ -50,7 +50,7 @@ class BatchProgressConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.poller
-        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.group_leave(self.group)
 
     async def batch_progress(self, event: dict) -> None:
         await self._send(event["progress"])

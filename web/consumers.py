@@ -29,7 +29,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Max
 
-from accounts.websocket import SocketPrincipalMixin
+from accounts.websocket import ResilientLayerMixin, SocketPrincipalMixin
 from routing.models import Generation
 from tokenflow_site.api import validate
 from tokenflow_site.errors import ApiError
@@ -45,7 +45,7 @@ def _live() -> tuple[dict[str, Any], tuple]:
     return snapshot, marker
 
 
-class DashboardConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
+class DashboardConsumer(ResilientLayerMixin, SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         query = parse_qs((self.scope.get("query_string") or b"").decode(errors="replace"))
         wanted = (query.get("range") or [DEFAULT_RANGE])[0]
@@ -73,7 +73,7 @@ class DashboardConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.loop_task
         for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await self.group_leave(group)
 
     @classmethod
     async def encode_json(cls, content) -> str:
@@ -102,9 +102,9 @@ class DashboardConsumer(SocketPrincipalMixin, AsyncJsonWebsocketConsumer):
     async def _follow(self, batches: list[dict[str, Any]]) -> None:
         wanted = {f"batch_{job['job_id']}" for job in batches}
         for group in wanted - self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.group_join(group)
         for group in self.groups_joined - wanted:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await self.group_leave(group)
         self.groups_joined = wanted
 
     async def _loop(self) -> None:

@@ -153,3 +153,41 @@ def test_client_with_gateway_models():
     stats = task.run(n_workers=3).wait_for_done(timeout=60)
     assert stats["counts"]["completed"] == 6
     assert set(r["text"] for r in task.results().values()) == {"fixed answer"}
+
+
+async def test_ws_progress_survives_a_dead_channel_layer(settings):
+    """Redis (the channel layer) down: the socket still connects and follows the job by
+    polling the database; the layer's failures never end the consumer."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": "redis://127.0.0.1:9/0", "socket_connect_timeout": 1}]
+            },
+        }
+    }
+    channel_layers.backends.clear()
+    settings.TOKENFLOW_BATCH_WS_POLL_SECONDS = 0.2
+    key, raw = await sync_to_async(ApiKey.issue)(name="ws-down")
+    model = await sync_to_async(mock_model)(token_delay=0.001)
+    job = await sync_to_async(make_job)(model.name, n=5, concurrency=5, api_key=key)
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/batches/{job.pk}/",
+        headers=[ORIGIN, (b"authorization", f"Bearer {raw}".encode())],
+    )
+    try:
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected
+        first = await communicator.receive_json_from(timeout=10)
+        assert first["type"] == "progress" and first["done"] == 0
+        await run_worker(job, publish=False)
+        final = await receive_until(communicator, lambda m: m.get("status") == "completed")
+        assert final["done"] == 5
+        await communicator.send_json_to({"type": "ping"})
+        assert (await receive_until(communicator, lambda m: m["type"] == "pong"))["type"] == "pong"
+    finally:
+        await communicator.disconnect()
+        channel_layers.backends.clear()
