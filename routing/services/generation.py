@@ -138,10 +138,21 @@ def generation_prepare(
         options=options or {},
         input_messages=messages,
     )
-    # Settled / released by _finish (not columns).
+    # Settled / released by _finish, reused instead of counting again (not columns).
     generation.reserved_tokens = reserved
     generation.stream_slot = slot if holds_slot else None
+    generation.prompt_tokens_estimate = prompt_tokens
     return generation
+
+
+def _prompt_estimate(generation: Generation) -> int:
+    """The prompt's token count: counted once by generation_prepare (rows prepared
+    elsewhere are counted here, once)."""
+    estimate = getattr(generation, "prompt_tokens_estimate", None)
+    if estimate is None:
+        estimate = count_message_tokens(generation.input_messages)
+        generation.prompt_tokens_estimate = estimate
+    return estimate
 
 
 def context_fits(model: ModelRanking, prompt_tokens: int, params: GenerationParams) -> bool:
@@ -441,7 +452,7 @@ def _prepared(
         options=options,
     )
     # A fallback whose context window cannot hold this request is no fallback.
-    prompt_tokens = count_message_tokens(messages)
+    prompt_tokens = _prompt_estimate(generation)
     choice.fallbacks = [m for m in choice.fallbacks if context_fits(m, prompt_tokens, params)]
     return PreparedGeneration(generation, choice)
 
@@ -459,7 +470,7 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
         reserved = getattr(generation, "reserved_tokens", 0)
         prompt = generation.prompt_tokens
         if prompt is None and reserved:  # failed / cancelled: what the prompt cost
-            prompt = count_message_tokens(generation.input_messages)
+            prompt = _prompt_estimate(generation)
         completion = generation.completion_tokens
         if completion is None:
             completion = count_tokens(generation.output_text) if generation.output_text else 0
@@ -826,7 +837,7 @@ async def _run(
     text = "".join(parts)
     tool_calls = _assembled(state)
     usage = usage or {}
-    prompt_tokens = usage.get("prompt_tokens") or count_message_tokens(generation.input_messages)
+    prompt_tokens = usage.get("prompt_tokens") or _prompt_estimate(generation)
     completion_tokens = usage.get("completion_tokens")
     if completion_tokens is None:  # the upstream said nothing: count text and tool calls
         completion_tokens = count_tokens(
