@@ -23,6 +23,7 @@ from tokenflow_site.api import (
     StrictFloatField,
     StrictIntegerField,
     text_check,
+    too_large,
 )
 from tokenflow_site.errors import ApiError
 
@@ -37,15 +38,6 @@ MAX_PASSTHROUGH_FIELDS = 16
 MAX_PASSTHROUGH_CHARS = 65_536
 IMAGE_DETAILS = ("auto", "low", "high")
 TOOL_CHOICES = ("none", "auto", "required")
-
-
-def _too_large(field: str, size: int, limit: int, unit: str = "characters") -> ApiError:
-    return ApiError(
-        f"'{field}' is {size} {unit}; the limit is {limit}.",
-        code="input_too_large",
-        status=413,
-        field=field,
-    )
 
 
 def _invalid(message: str, code: str = "invalid_value") -> serializers.ValidationError:
@@ -150,7 +142,7 @@ class ChatMessagesField(serializers.Field):
             for index, message in enumerate(data)
         ]
         if budget.chars > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("messages", budget.chars, settings.TOKENFLOW_MAX_INPUT_CHARS)
+            raise too_large("messages", budget.chars, settings.TOKENFLOW_MAX_INPUT_CHARS)
         return messages
 
     def _message(self, message: Any, where: str, budget: _Budget) -> dict[str, Any]:
@@ -218,10 +210,10 @@ class ChatMessagesField(serializers.Field):
         if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:image/")):
             raise _invalid(f"{where}.url must be an http(s) URL or a data:image/... URL.")
         if len(url) > limit:
-            raise _too_large("messages", len(url), limit)
+            raise too_large("messages", len(url), limit)
         budget.images += 1
         if budget.images > settings.TOKENFLOW_MAX_IMAGES:
-            raise _too_large("messages", budget.images, settings.TOKENFLOW_MAX_IMAGES, "images")
+            raise too_large("messages", budget.images, settings.TOKENFLOW_MAX_IMAGES, "images")
         out = {"url": text_check(url)}
         detail = image.get("detail")
         if detail is not None:
@@ -329,7 +321,7 @@ class ToolsField(serializers.Field):
             tools.append({"type": "function", "function": out})
         size = _json_size(tools)
         if size > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("tools", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
+            raise too_large("tools", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
         return tools
 
     def to_representation(self, value):
@@ -429,7 +421,7 @@ class ResponseFormatField(serializers.Field):
             out["strict"] = spec["strict"]
         size = _json_size(out)
         if size > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("response_format", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
+            raise too_large("response_format", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
         return {"type": "json_schema", "json_schema": out}
 
     def to_representation(self, value):
@@ -483,7 +475,7 @@ class OpenAISamplingSerializer(SamplingSerializer):
             raise ApiError("Unknown field names are limited to 64 characters.", code="invalid")
         size = _json_size(unknown)
         if size > MAX_PASSTHROUGH_CHARS:
-            raise _too_large("extra fields", size, MAX_PASSTHROUGH_CHARS)
+            raise too_large("extra fields", size, MAX_PASSTHROUGH_CHARS)
         return unknown
 
     def common(self, attrs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -590,7 +582,7 @@ class PromptField(serializers.Field):
                 "invalid_type",
             )
         if len(data) > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("prompt", len(data), settings.TOKENFLOW_MAX_INPUT_CHARS)
+            raise too_large("prompt", len(data), settings.TOKENFLOW_MAX_INPUT_CHARS)
         if not data.strip():
             raise _invalid("must not be empty.", "empty")
         return text_check(data)
@@ -646,7 +638,7 @@ class EmbeddingInputField(serializers.Field):
             raise _invalid("must be a string or a non-empty list of strings or token lists.")
         limit = settings.TOKENFLOW_MAX_EMBEDDING_INPUTS
         if len(data) > limit:
-            raise _too_large("input", len(data), limit, "inputs")
+            raise too_large("input", len(data), limit, "inputs")
         size = 0
         for index, item in enumerate(data):
             if isinstance(item, str):
@@ -659,7 +651,7 @@ class EmbeddingInputField(serializers.Field):
             else:
                 raise _invalid(f"input[{index}] must be a non-empty string or token list.")
         if size > settings.TOKENFLOW_MAX_INPUT_CHARS:
-            raise _too_large("input", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
+            raise too_large("input", size, settings.TOKENFLOW_MAX_INPUT_CHARS)
         return data
 
     def to_representation(self, value):

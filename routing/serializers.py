@@ -18,8 +18,8 @@ from tokenflow_site.api import (
     StrictFloatField,
     StrictIntegerField,
     text_check,
+    too_large,
 )
-from tokenflow_site.errors import ApiError
 from tokenflow_site.schema import NOT_BLANK, exactly_one_of
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
@@ -31,15 +31,6 @@ MAX_MODEL_NAME_CHARS = 200
 
 
 # --- fields ------------------------------------------------------------------------------
-
-
-def _too_large(field_name: str, size: int, limit: int) -> ApiError:
-    return ApiError(
-        f"The input is {size} characters; the limit is {limit}.",
-        code="input_too_large",
-        status=413,
-        field=field_name,
-    )
 
 
 def _part_text(content: Any) -> Any:
@@ -357,7 +348,7 @@ class GenerateRequestSerializer(SamplingSerializer):
             messages = [{"role": "user", "content": prompt}]
         size, limit = sum(len(m["content"]) for m in messages), settings.TOKENFLOW_MAX_INPUT_CHARS
         if size > limit:
-            raise _too_large("prompt" if prompt is not None else "messages", size, limit)
+            raise too_large("prompt" if prompt is not None else "messages", size, limit)
         return GenerationRequest(
             messages=messages,
             model=attrs.get("model") or "auto",

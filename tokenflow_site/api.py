@@ -114,6 +114,16 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+def too_large(field: str, size: int, limit: int, unit: str = "characters") -> ApiError:
+    """The 413 `input_too_large` of every size limit on request input."""
+    return ApiError(
+        f"'{field}' is {size} {unit}; the limit is {limit}.",
+        code="input_too_large",
+        status=413,
+        field=field,
+    )
+
+
 class LargeTextField(StrictCharField):
     """A text whose size limit answers 413 `input_too_large` (not a 400) beyond it."""
 
@@ -125,12 +135,7 @@ class LargeTextField(StrictCharField):
         value = super().to_internal_value(data)
         limit = self.max_chars() if callable(self.max_chars) else self.max_chars
         if len(value) > limit:
-            raise ApiError(
-                f"'{self.field_name}' is {len(value)} characters; the limit is {limit}.",
-                code="input_too_large",
-                status=413,
-                field=self.field_name,
-            )
+            raise too_large(self.field_name, len(value), limit)
         return value
 
 
