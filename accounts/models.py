@@ -4,7 +4,9 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 KEY_PREFIX = "tf_"
@@ -17,6 +19,12 @@ def hash_key(raw: str) -> str:
 class ApiKeyQuerySet(models.QuerySet):
     def active(self) -> "ApiKeyQuerySet":
         return self.filter(revoked_at__isnull=True)
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day"
+    MONTH = "month"
+    TOTAL = "total"
 
 
 class ApiKey(models.Model):
@@ -44,6 +52,29 @@ class ApiKey(models.Model):
         help_text="Batch items in flight at once across all of this key's jobs. Empty: the "
         "global default (TOKENFLOW_BATCH_MAX_CONCURRENCY_PER_KEY); 0 = unlimited.",
     )
+    max_budget_usd = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Spend limit in USD per budget period; requests past it get 429 "
+        "budget_exceeded. Empty: no limit.",
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    soft_budget_usd = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Spend at which a warning is logged and shown here (requests still pass).",
+    )
+    soft_budget_crossed_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the soft limit was last crossed."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -53,6 +84,13 @@ class ApiKey(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(max_budget_usd__isnull=True) | Q(max_budget_usd__gte=0))
+                & (Q(soft_budget_usd__isnull=True) | Q(soft_budget_usd__gte=0)),
+                name="apikey_budgets_non_negative",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

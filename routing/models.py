@@ -4,6 +4,7 @@ import hashlib
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -66,6 +67,24 @@ class ModelRanking(models.Model):
     enabled = models.BooleanField(default=True)
     input_price_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     output_price_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    cached_input_price_per_mtok = models.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        default=0,
+        help_text="USD per million prompt tokens the provider served from its prompt cache.",
+    )
+    cache_similarity_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Semantic response cache: cosine similarity for a hit. Empty: the global "
+        "default (TOKENFLOW_CACHE_SIMILARITY).",
+    )
+    cache_shared_across_keys = models.BooleanField(
+        default=False,
+        help_text="Let one API key's cached answers serve another key's requests. Off by "
+        "default: cached answers can hold private data.",
+    )
     context_window = models.PositiveIntegerField(default=8192)
     options = models.JSONField(
         default=dict, blank=True, help_text="Provider options (mock: response, token_delay, ...)."
@@ -103,7 +122,9 @@ class ModelRanking(models.Model):
                 condition=Q(context_window__gt=0), name="model_context_positive"
             ),
             models.CheckConstraint(
-                condition=Q(input_price_per_mtok__gte=0) & Q(output_price_per_mtok__gte=0),
+                condition=Q(input_price_per_mtok__gte=0)
+                & Q(output_price_per_mtok__gte=0)
+                & Q(cached_input_price_per_mtok__gte=0),
                 name="model_prices_non_negative",
             ),
         ]
@@ -200,6 +221,12 @@ class Classification(models.Model):
         return [c["category"] for c in self.categories]
 
 
+class CacheResult(models.TextChoices):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    MISS = "miss"
+
+
 class Generation(models.Model):
     """One model call, from queued to a terminal status, with whatever it produced."""
 
@@ -252,6 +279,26 @@ class Generation(models.Model):
     finish_reason = models.CharField(max_length=32, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_prompt_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt tokens the provider served from its own cache."
+    )
+    cost_usd = models.DecimalField(
+        max_digits=16, decimal_places=10, null=True, blank=True, help_text="What this call cost."
+    )
+    cache = models.CharField(
+        max_length=10,
+        choices=CacheResult.choices,
+        blank=True,
+        db_index=True,
+        help_text="Response cache: exact or semantic hit, miss, or empty when not consulted.",
+    )
+    cost_saved_usd = models.DecimalField(
+        max_digits=16,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="What a cache hit saved: the cost of the generation it replayed.",
+    )
     ttft_ms = models.FloatField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
     attempts = models.JSONField(default=list, blank=True, help_text="Retries and fallbacks.")
