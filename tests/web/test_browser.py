@@ -160,7 +160,8 @@ def test_compression_diff_preview_and_in_a_generation(staff_page):
 
 
 def test_fan_out_with_one_failing_agent(staff_page):
-    good = mock_model("mock/good", response="Facts: it depends.", token_delay=0.01)
+    # Six tokens 0.3 s apart: the analyst's panel fills in while it still runs.
+    good = mock_model("mock/good", response="Facts: it depends on the team.", token_delay=0.3)
     bad = mock_model("mock/bad", fail_before_first=400)
     aggregator = mock_model("mock/agg", response="Combined answer.", token_delay=0.02)
     pipeline = Pipeline.objects.create(name="panel", aggregator_model=aggregator)
@@ -173,10 +174,21 @@ def test_fan_out_with_one_failing_agent(staff_page):
     page.select_option("#pipeline", "panel")
     page.fill("#prompt", "Rust or Go?")
     page.click("#send")
+    page.wait_for_function(  # streamed text in a panel that has not finished yet
+        """() => {
+            const panel = document.querySelector('.agent[data-agent="analyst"]');
+            return panel && panel.classList.contains("running")
+                && panel.querySelector(".text").textContent.startsWith("Facts:");
+        }""",
+        timeout=5000,
+    )
     expect(page.locator('.agent[data-agent="analyst"]')).to_have_class("agent done")
-    expect(page.locator('.agent[data-agent="analyst"] .text')).to_have_text("Facts: it depends.")
+    expect(page.locator('.agent[data-agent="analyst"] .text')).to_have_text(
+        "Facts: it depends on the team."
+    )
     expect(page.locator('.agent[data-agent="critic"]')).to_have_class("agent failed")
     expect(page.locator('.agent[data-agent="critic"] .state')).to_contain_text("failed")
+    expect(page.locator('.agent[data-agent="critic"] .reason')).not_to_be_empty()
     expect(page.locator("#output")).to_have_text("Combined answer.")
     expect(page.locator("#stat-status")).to_have_text("completed (stop)")
 
