@@ -219,11 +219,17 @@ class _Stats:
     def histogram(self, kind: str, position, model: str, index: int, n: int) -> None:
         if index < 0:  # NULL (no first token, still running)
             return
-        parts = self.histograms[kind]
-        targets = [parts["models"].setdefault(model, {}), parts["overall"]]
+        self.histogram_of_bucket(kind, position, index, n)
+        self.histogram_of_model(kind, model, index, n)
+
+    def histogram_of_bucket(self, kind: str, position, index: int, n: int) -> None:
         if position is not None:
-            targets.append(parts["buckets"][position])
-        for histogram in targets:
+            histogram = self.histograms[kind]["buckets"][position]
+            histogram[index] = histogram.get(index, 0) + n
+
+    def histogram_of_model(self, kind: str, model: str, index: int, n: int) -> None:
+        parts = self.histograms[kind]
+        for histogram in (parts["models"].setdefault(model, {}), parts["overall"]):
             histogram[index] = histogram.get(index, 0) + n
 
     def route(self, category: str, model: str, n: int) -> None:
@@ -367,26 +373,44 @@ def _raw_into(stats: _Stats, ranges: list[tuple[datetime, datetime, bool]]) -> N
         )
 
 
+def _json_counts(column: str, group: str, start: datetime, end: datetime) -> list[tuple]:
+    """(group, key, summed count) over the `{key: count}` maps in `column` of the rolled
+    rows in [start, end): the database unpacks and adds the maps (json_each / jsonb_each),
+    so no JSON is parsed here."""
+    table = GenerationHour._meta.db_table
+    if connection.vendor == "postgresql":
+        each, value = f"jsonb_each_text(g.{column})", "CAST(j.value AS bigint)"
+    else:
+        each, value = f"json_each(g.{column})", "j.value"
+    sql = (
+        f"SELECT g.{group}, j.key, SUM({value}) FROM {table} g, {each} j "
+        f"WHERE g.hour >= %s AND g.hour < %s GROUP BY g.{group}, j.key"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(start), adapt(end)])
+        return cursor.fetchall()
+
+
 def _rollup_into(stats: _Stats, start: datetime, end: datetime) -> None:
     """Add the rolled hours in [start, end) (hourly buckets only)."""
     hours = GenerationHour.objects.filter(hour__gte=start, hour__lt=end).values_list(
         "hour", "model_name", "status", "requests", "prompt_tokens", "completion_tokens",
-        "cost_usd", "cost_saved_usd", "cache_exact", "cache_semantic", "ttft_histogram",
-        "duration_histogram", "categories",
+        "cost_usd", "cost_saved_usd", "cache_exact", "cache_semantic",
     )  # fmt: skip
-    for hour, model, status, n, prompt, completion, cost, saved, exact, semantic, *maps in hours:
-        position = stats.position(int(hour.timestamp()))
+    for hour, model, status, n, prompt, completion, cost, saved, exact, semantic in hours:
         stats.usage(
-            position, model, status, n=n, tokens=prompt + completion, cost=cost, saved=saved,
-            exact=exact, semantic=semantic,
+            stats.position(int(hour.timestamp())), model, status, n=n,
+            tokens=prompt + completion, cost=cost, saved=saved, exact=exact, semantic=semantic,
         )  # fmt: skip
-        ttft, duration, categories = maps
-        for index, count in ttft.items():
-            stats.histogram("ttft", position, model, int(index), count)
-        for index, count in duration.items():
-            stats.histogram("duration", position, model, int(index), count)
-        for category, count in categories.items():
-            stats.route(category, model, count)
+    for kind in ("ttft", "duration"):
+        column = f"{kind}_histogram"
+        for hour, index, n in _json_counts(column, "hour", start, end):
+            stats.histogram_of_bucket(kind, stats.position(hour), int(index), int(n))
+        for model, index, n in _json_counts(column, "model_name", start, end):
+            stats.histogram_of_model(kind, model, int(index), int(n))
+    for model, category, n in _json_counts("categories", "model_name", start, end):
+        stats.route(category, model, int(n))
     classified = (
         ClassificationHour.objects.filter(hour__gte=start, hour__lt=end)
         .values("top_category")
