@@ -36,13 +36,18 @@ MODELS = [
 CATEGORIES = ["reasoning", "coding", "creative", "chat", "math", "summarize", "translate", "qa"]
 
 
-def scratch_postgres_url(base: str) -> str:
+def scratch_postgres_url(base: str, *, reuse: bool = False) -> tuple[str, bool]:
+    """The scratch database's URL, and whether an existing one was kept (`reuse`)."""
     import psycopg
 
     with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    return base.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (SCRATCH_DB,)
+        ).fetchone()
+        if not (reuse and exists):
+            conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    return base.rsplit("/", 1)[0] + f"/{SCRATCH_DB}", bool(reuse and exists)
 
 
 def setup(database_url: str) -> None:
@@ -140,12 +145,14 @@ def main() -> None:
     parser.add_argument("--postgres", help="a PostgreSQL URL (a scratch database is used)")
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument(
-        "--reuse", action="store_true", help="SQLite: keep an already seeded file (no seeding)"
+        "--reuse",
+        action="store_true",
+        help="keep an already seeded SQLite file / scratch PostgreSQL database (no seeding)",
     )
     args = parser.parse_args()
     reuse = False
     if args.postgres:
-        database_url = scratch_postgres_url(args.postgres)
+        database_url, reuse = scratch_postgres_url(args.postgres, reuse=args.reuse)
     else:
         path = ROOT / "var" / "bench_dashboard.sqlite3"
         path.parent.mkdir(exist_ok=True)
@@ -164,7 +171,7 @@ def main() -> None:
 
     if reuse:
         now = Generation.objects.order_by("-created_at").values_list("created_at", flat=True)[0]
-        rows, seeded = Generation.objects.count(), "reused the seeded file"
+        rows, seeded = Generation.objects.count(), "reused the seeded database"
     else:
         now = datetime.now(UTC)
         rows, seconds = args.rows, seed(args.rows, now)
