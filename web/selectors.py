@@ -4,9 +4,10 @@ snapshot (generations in flight, active batch jobs).
 Every aggregate is computed by the database in one pass over the range (GROUP BY time
 bucket x model): requests, tokens and errors per model, TTFT and duration percentiles
 from a log-scale histogram (bins computed in SQL, percentiles read off the cumulative
-counts here), the routing mix, compression savings. bench/dashboard.py times them on
-1,000,000 generations; the covering index of routing/migrations/0003_dashboard_indexes.py
-makes the scans index-only.
+counts here), the routing mix, compression savings, cost and cache hits. The day and week
+ranges read the closed hours from the hourly rollups (rollups/) and only the rest raw.
+bench/dashboard.py times both on 1,000,000 generations; the covering index of
+routing/migrations/0003_dashboard_indexes.py makes the raw scans index-only.
 """
 
 import bisect
