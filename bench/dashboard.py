@@ -7,8 +7,9 @@
 Seeds a fresh database (migrated schema; bulk inserts with executemany): N generations
 spread evenly over 30 days across 6 models (4 % failed, a third routed through one of 8
 categories), 100,000 classifications and 50,000 compressions. Then times
-`web.selectors.dashboard_stats` (every aggregate of one dashboard refresh) for each range,
-the live snapshot, and the same refresh with the dashboard index dropped.
+`web.selectors.dashboard_stats` (every aggregate of one dashboard refresh) for each range
+on the raw rows, backfills the hourly rollups (rollups.services.rollup_hours), times the
+same refreshes reading the rollups, and the live snapshot: raw and rollup in one run.
 PostgreSQL runs in a scratch database `tf_bench_dashboard` next to the given one.
 """
 
@@ -33,16 +34,20 @@ MODELS = [
     ("openrouter/deepseek/deepseek-r1", "openrouter"),
 ]
 CATEGORIES = ["reasoning", "coding", "creative", "chat", "math", "summarize", "translate", "qa"]
-INDEX = "generation_dashboard"
 
 
-def scratch_postgres_url(base: str) -> str:
+def scratch_postgres_url(base: str, *, reuse: bool = False) -> tuple[str, bool]:
+    """The scratch database's URL, and whether an existing one was kept (`reuse`)."""
     import psycopg
 
     with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    return base.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (SCRATCH_DB,)
+        ).fetchone()
+        if not (reuse and exists):
+            conn.execute(f"DROP DATABASE IF EXISTS {SCRATCH_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    return base.rsplit("/", 1)[0] + f"/{SCRATCH_DB}", bool(reuse and exists)
 
 
 def setup(database_url: str) -> None:
@@ -66,8 +71,8 @@ def seed(rows: int, now: datetime) -> float:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO routing_classification (engine, categories, multi_label, top_category,"
-            " confidence, scores, duration_ms, created_at) VALUES (%s, '[]', %s, %s, %s, '[]',"
-            " %s, %s)",
+            " confidence, scores, duration_ms, created_at, feedback_category, feedback_source)"
+            " VALUES (%s, '[]', %s, %s, %s, '[]', %s, %s, '', '')",
             [
                 ("embedding", False, rng.choice(CATEGORIES), rng.random(), 9.0,
                  ts(now - timedelta(seconds=rng.random() * span)))
@@ -91,14 +96,17 @@ def seed(rows: int, now: datetime) -> float:
             "INSERT INTO routing_generation (model_name, provider, upstream_model, transport,"
             " status, parameters, input_messages, output_text, finish_reason, prompt_tokens,"
             " completion_tokens, ttft_ms, duration_ms, attempts, error_code, error_message,"
-            " created_at, classification_id) VALUES (%s, %s, '', %s, %s, '{}', '[]', '', %s,"
-            " %s, %s, %s, %s, '[]', %s, '', %s, %s)"
+            " created_at, classification_id, cost_usd, cache, cost_saved_usd, error_detail,"
+            " options) VALUES (%s, %s, '', %s, %s, '{}', '[]', '', %s, %s, %s, %s, %s, '[]',"
+            " %s, '', %s, %s, %s, %s, %s, '', '{}')"
         )
         for i in range(rows):
             name, provider = MODELS[i % len(MODELS)]
             failed = rng.random() < 0.04
             ttft = rng.lognormvariate(5.5, 0.6)
             created = now - timedelta(seconds=span * i / rows)
+            cache = "" if failed else rng.choice(("", "", "miss", "exact", "semantic"))
+            cost = rng.randint(0, 20_000) / 10**8
             batch.append((
                 name, provider, rng.choice(("api", "ws", "openai")),
                 "failed" if failed else "completed", "" if failed else "stop",
@@ -106,6 +114,7 @@ def seed(rows: int, now: datetime) -> float:
                 None if failed else ttft, ttft + rng.lognormvariate(7, 0.8),
                 "upstream_error" if failed else "", ts(created),
                 rng.randint(low, high) if i % 3 == 0 else None,
+                cost, cache, cost if cache in ("exact", "semantic") else None,
             ))  # fmt: skip
             if len(batch) == 50_000:
                 cursor.executemany(sql, batch)
@@ -136,12 +145,14 @@ def main() -> None:
     parser.add_argument("--postgres", help="a PostgreSQL URL (a scratch database is used)")
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument(
-        "--reuse", action="store_true", help="SQLite: keep an already seeded file (no seeding)"
+        "--reuse",
+        action="store_true",
+        help="keep an already seeded SQLite file / scratch PostgreSQL database (no seeding)",
     )
     args = parser.parse_args()
     reuse = False
     if args.postgres:
-        database_url = scratch_postgres_url(args.postgres)
+        database_url, reuse = scratch_postgres_url(args.postgres, reuse=args.reuse)
     else:
         path = ROOT / "var" / "bench_dashboard.sqlite3"
         path.parent.mkdir(exist_ok=True)
@@ -153,18 +164,14 @@ def main() -> None:
 
     from django.db import connection
 
+    from rollups.models import GenerationHour, RolledHour
+    from rollups.services import rollup_hours, rollup_pending
     from routing.models import Generation
     from web import selectors
 
     if reuse:
-        with connection.cursor() as cursor:  # the previous run dropped it
-            cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {INDEX} ON routing_generation (created_at,"
-                " model_name, status, prompt_tokens, completion_tokens, ttft_ms, duration_ms,"
-                " classification_id)"
-            )
         now = Generation.objects.order_by("-created_at").values_list("created_at", flat=True)[0]
-        rows, seeded = Generation.objects.count(), "reused the seeded file"
+        rows, seeded = Generation.objects.count(), "reused the seeded database"
     else:
         now = datetime.now(UTC)
         rows, seconds = args.rows, seed(args.rows, now)
@@ -174,25 +181,42 @@ def main() -> None:
         f"50,000 compressions; {connection.vendor}; {os.cpu_count()} cores; "
         f"load average {os.getloadavg()[0]:.1f}",
         f"seed: {seeded}",
-        "",
-        f"{'refresh (median of 3)':<28}{'rows in range':>14}{'with index':>12}{'no index':>12}",
     ]
-    with_index = {}
+    # The raw path first (every aggregate over the raw rows), then the rollups.
+    raw = {}
     for span in ("hour", "day", "week"):
-        with_index[span] = timed(lambda span=span: selectors.dashboard_stats(span=span, now=now))
+        raw[span] = timed(
+            lambda span=span: selectors.dashboard_stats(span=span, now=now, rollup=False)
+        )
+    RolledHour.objects.all().delete()
+    started = time.perf_counter()
+    hours = rollup_hours(now - timedelta(days=31), now, now=now)
+    backfill = time.perf_counter() - started
+    started = time.perf_counter()
+    again = rollup_hours(now - timedelta(days=8), now, now=now)
+    rebuild_week = time.perf_counter() - started
+    idle_pass = timed(lambda: rollup_pending(now=now), repeat=5)
+    rolled = {}
+    for span in ("hour", "day", "week"):
+        rolled[span] = timed(lambda span=span: selectors.dashboard_stats(span=span, now=now))
     live = timed(selectors.live_snapshot, repeat=5)
-    load = os.getloadavg()[0]
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX {INDEX}")
+    lines += [
+        f"rollup backfill: {len(hours)} hours in {backfill:.1f} s "
+        f"({GenerationHour.objects.count():,} generation-hour rows); "
+        f"re-rolling the last 8 days ({len(again)} hours): {rebuild_week:.1f} s; "
+        f"a sweep pass with nothing to roll: {1000 * idle_pass:.1f} ms",
+        "",
+        f"{'refresh (median of 3)':<24}{'rows in range':>14}{'raw':>11}{'rollup':>11}"
+        f"{'raw/rollup':>12}",
+    ]
     for span in ("hour", "day", "week"):
         in_range = Generation.objects.filter(created_at__gte=now - selectors.SPANS[span][0]).count()
-        without = timed(lambda span=span: selectors.dashboard_stats(span=span, now=now), 1)
         lines.append(
-            f"{'dashboard_stats ' + span:<28}{in_range:>14,}"
-            f"{1000 * with_index[span]:>10.0f} ms{1000 * without:>9.0f} ms"
+            f"{'dashboard_stats ' + span:<24}{in_range:>14,}{1000 * raw[span]:>8.0f} ms"
+            f"{1000 * rolled[span]:>8.0f} ms{raw[span] / rolled[span]:>11.1f}x"
         )
-    lines.append(f"{'live snapshot':<28}{'':>14}{1000 * live:>10.1f} ms")
-    lines.append(f"load average after the timed runs: {load:.1f}")
+    lines.append(f"{'live snapshot':<24}{'':>14}{1000 * live:>8.1f} ms")
+    lines.append(f"load average after the timed runs: {os.getloadavg()[0]:.1f}")
     report = "\n".join(lines)
     print(report)
     if args.out:

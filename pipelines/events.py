@@ -47,6 +47,13 @@ def run_metadata(run: PipelineRun, links: Sequence[RunAgent], *, replayed: bool)
     )
 
 
+def agent_delta_event(link: RunAgent, text: str) -> StreamEvent:
+    """A chunk of an agent's answer as it streams (live only, when asked for)."""
+    return StreamEvent(
+        "agent_delta", {"agent": link.agent_name, "generation_id": link.generation_id, "text": text}
+    )
+
+
 def agent_event(link: RunAgent) -> StreamEvent:
     """`agent_done` (with the answer) or `agent_failed` (with why) for a finished agent."""
     data: dict[str, Any] = {

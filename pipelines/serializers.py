@@ -11,7 +11,7 @@ from rest_framework import serializers
 from pipelines.events import agent_model_name
 from pipelines.models import PipelineRun, RunAgent
 from routing.models import Generation
-from tokenflow_site.api import LargeTextField, StrictCharField
+from tokenflow_site.api import LargeTextField, StrictBooleanField, StrictCharField
 
 # --- request -----------------------------------------------------------------------------
 
@@ -68,6 +68,12 @@ class ProcessRequestSerializer(serializers.Serializer):
         allow_null=True,
         help_text="Continue a conversation (its previous turns go to the agents); "
         "omitted: a new conversation, whose id comes back in `metadata`.",
+    )
+    stream_agents = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Also stream each agent's answer as it is generated (`agent_delta` events "
+        "`{agent, generation_id, text}` before its `agent_done`); off by default.",
     )
 
     def validate_message(self, value: str) -> str:

@@ -99,7 +99,9 @@ async def process_view(request: HttpRequest, data: dict) -> HttpResponse:
     if start.replay:
         headers["X-TokenFlow-Replayed"] = "true"
     return event_stream_response(
-        process_events(start), ndjson=wants_ndjson(request), headers=headers
+        process_events(start, agent_deltas=data.get("stream_agents", False)),
+        ndjson=wants_ndjson(request),
+        headers=headers,
     )
 
 

@@ -22,7 +22,8 @@ WS_TYPES = {"text": "token", "end": "end", "error": "error", "metadata": "metada
 
 
 def ws_message(event: StreamEvent) -> dict[str, Any]:
-    """`{"type": <name>, ...data}`; agent_done / agent_failed / info keep their names."""
+    """`{"type": <name>, ...data}`; agent_delta / agent_done / agent_failed / info keep
+    their names."""
     return {**event.data, "type": WS_TYPES.get(event.type, event.type)}
 
 
@@ -40,6 +41,6 @@ async def process_over_websocket(consumer, content: dict[str, Any]) -> None:
             error["retry_after"] = exc.retry_after
         await consumer.send_json({"type": "error", "status": exc.status, **error})
         return
-    async with aclosing(process_events(start)) as events:
+    async with aclosing(process_events(start, agent_deltas=request.stream_agents)) as events:
         async for event in events:
             await consumer.send_json(ws_message(event))

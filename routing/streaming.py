@@ -24,7 +24,7 @@ def _dumps(data: Any) -> str:
 
 
 def render_sse(event: StreamEvent) -> str:
-    """`event: <name>` + `data: <json>`; unknown types keep their own name (agent_done...)."""
+    """`event: <name>` + `data: <json>`; other types keep their own name (agent_done...)."""
     name = SSE_EVENT_NAMES.get(event.type, event.type)
     return f"event: {name}\ndata: {_dumps(event.data)}\n\n"
 
@@ -54,11 +54,13 @@ SSE_DESCRIPTION = """Server-sent events, one JSON `data:` per event:
 | `end_stream` | `{generation_id, finish_reason, usage: {prompt_tokens, completion_tokens, total_tokens}}` |
 
 Fan-out (`/api/process`) adds `agent_done` `{agent, model, generation_id, duration_ms, text}` and
-`agent_failed` `{agent, model, generation_id, duration_ms, code, reason}`."""
+`agent_failed` `{agent, model, generation_id, duration_ms, code, reason}`; with
+`"stream_agents": true` also `agent_delta` `{agent, generation_id, text}` per chunk of an agent's
+answer, before that agent's `agent_done` / `agent_failed`."""
 
 NDJSON_DESCRIPTION = """One JSON object per line (Ollama style). Every line has `response` (text, may be
 empty) and `done`; the first carries `metadata`, others may carry `info` (or the fan-out's
-`agent_done` / `agent_failed`); the last has `"done": true` and either the end fields
+`agent_delta` / `agent_done` / `agent_failed`); the last has `"done": true` and either the end fields
 (`generation_id`, `finish_reason`, `usage`) or `error`."""
 
 # --- documentation of the stream (OpenAPI components) ------------------------------------
@@ -114,7 +116,7 @@ class SseEventSerializer(serializers.Serializer):
     """One server-sent event as a client reads it: the event name and its JSON `data`."""
 
     event = serializers.ChoiceField(
-        choices=[*SSE_EVENT_NAMES.values(), "info", "agent_done", "agent_failed"]
+        choices=[*SSE_EVENT_NAMES.values(), "info", "agent_delta", "agent_done", "agent_failed"]
     )
     data = serializers.CharField(
         help_text="JSON: `StreamMetadata` (metadata), `StreamInfo` (info), `{text}` "
@@ -133,6 +135,7 @@ class NdjsonLineSerializer(serializers.Serializer):
     generation_id = serializers.IntegerField(required=False)
     finish_reason = serializers.CharField(required=False)
     usage = StreamUsageSerializer(required=False)
+    agent_delta = serializers.DictField(required=False)
     agent_done = serializers.DictField(required=False)
     agent_failed = serializers.DictField(required=False)
 

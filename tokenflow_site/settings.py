@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "batches",
     "openai_batches",
     "web",
+    "rollups",
 ]
 
 MIDDLEWARE = [

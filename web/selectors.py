@@ -4,9 +4,10 @@ snapshot (generations in flight, active batch jobs).
 Every aggregate is computed by the database in one pass over the range (GROUP BY time
 bucket x model): requests, tokens and errors per model, TTFT and duration percentiles
 from a log-scale histogram (bins computed in SQL, percentiles read off the cumulative
-counts here), the routing mix, compression savings. bench/dashboard.py times them on
-1,000,000 generations; the covering index of routing/migrations/0003_dashboard_indexes.py
-makes the scans index-only.
+counts here), the routing mix, compression savings, cost and cache hits. The day and week
+ranges read the closed hours from the hourly rollups (rollups/) and only the rest raw.
+bench/dashboard.py times both on 1,000,000 generations; the covering index of
+routing/migrations/0003_dashboard_indexes.py makes the raw scans index-only.
 """
 
 import bisect
@@ -17,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, DateTimeField, F, Func, IntegerField, Sum
+from django.db.models import Count, DateTimeField, F, Func, IntegerField, Q, Sum
 from django.db.models.functions import Coalesce, Substr
 from django.utils import timezone
 
@@ -25,20 +26,22 @@ from batches.models import BatchJob
 from batches.selectors import batch_progress
 from compression.models import Compression
 from pipelines.models import Pipeline
-from routing.models import Classification, Generation, ModelRanking
+from rollups.models import ClassificationHour, CompressionHour, GenerationHour, RolledHour
+from routing.models import CacheResult, Classification, Generation, ModelRanking
 from routing.services.models import AUTO_MODEL
 from routing.services.routes import routing_categories
 
 # range -> (length, bucket seconds)
 SPANS: dict[str, tuple[timedelta, int]] = {
     "hour": (timedelta(hours=1), 60),
-    "day": (timedelta(days=1), 600),
+    "day": (timedelta(days=1), 3600),
     "week": (timedelta(days=7), 3600),
 }
 # Histogram bin edges (ms), log-spaced by 15 %: a percentile is within 7.5 % of the truth.
 BIN_RATIO = 1.15
 BIN_EDGES = [round(BIN_RATIO**i, 3) for i in range(int(math.log(3_600_000) / math.log(BIN_RATIO)))]
 PERCENTILES = (0.5, 0.95)
+ROLLUP_SECONDS = 3600  # rollups.models: one row per hour
 IN_FLIGHT = (Generation.Status.QUEUED, Generation.Status.STREAMING)
 LIVE_LIMIT = 50
 
@@ -77,7 +80,7 @@ class _DateBin(Func):
         )
 
 
-def _bucket_expression(field: str, seconds: int):
+def bucket_expression(field: str, seconds: int):
     """The time bucket of a row, computed by the database. SQLite stores datetimes as
     'YYYY-MM-DD HH:MM:SS.ffffff' text, so a prefix is a bucket (16 chars = minute,
     15 = ten minutes, 13 = hour) without a per-row Python function; PostgreSQL bins."""
@@ -87,7 +90,7 @@ def _bucket_expression(field: str, seconds: int):
 
 
 @functools.lru_cache(maxsize=4096)
-def _bucket_start(value: Any, seconds: int) -> int:
+def bucket_start(value: Any, seconds: int) -> int:
     """A bucket value from the database -> its start as a Unix timestamp (cached: the
     grouped rows repeat each bucket once per model, status and bin)."""
     if isinstance(value, datetime):
@@ -126,7 +129,7 @@ class HistogramBin(Func):
         return sql, tuple(params) * self.template.count("%(expressions)s")
 
 
-def _bin_expression(field: str) -> HistogramBin:
+def bin_expression(field: str) -> HistogramBin:
     return HistogramBin(F(field))
 
 
@@ -166,151 +169,316 @@ def _axis(since: datetime, now: datetime, seconds: int) -> list[int]:
     return list(range(first, last + 1, seconds))
 
 
-def _histograms(rows, axis: list[int], seconds: int, key: str) -> dict[str, Any]:
-    """p50/p95 per bucket, per model and overall from (bucket, model_name, `key`, n) rows."""
-    index = {start: i for i, start in enumerate(axis)}
-    per_bucket: list[dict[int, int]] = [{} for _ in axis]
-    per_model: dict[str, dict[int, int]] = {}
-    overall: dict[int, int] = {}
-    for row in rows:
-        if row[key] < 0:  # NULL (no first token, still running)
-            continue
-        position = index.get(_bucket_start(row["bucket"], seconds))
-        histograms = [per_model.setdefault(row["model_name"], {}), overall]
+def _number(value: Any) -> float:
+    return float(value or 0)
+
+
+class _Stats:
+    """Accumulates one dashboard refresh from raw grouped rows and rollup rows alike."""
+
+    def __init__(self, axis: list[int], seconds: int):
+        self.axis, self.seconds = axis, seconds
+        self.index = {start: i for i, start in enumerate(axis)}
+        self.series: dict[str, dict[str, list[int]]] = {}
+        self.totals: dict[str, dict[str, Any]] = {}
+        self.histograms = {
+            kind: {"buckets": [{} for _ in axis], "models": {}, "overall": {}}
+            for kind in ("ttft", "duration")
+        }
+        self.spend = {"cost_usd": 0.0, "cost_saved_usd": 0.0, "cache_exact": 0, "cache_semantic": 0}
+        self.classified: dict[str, int] = {}
+        self.routed: dict[str, dict[str, int]] = {}
+        self.compressed = {"count": 0, "original": 0, "kept": 0}
+        self.saved = [0] * len(axis)
+
+    def position(self, value: Any) -> int | None:
+        start = value if isinstance(value, int) else bucket_start(value, self.seconds)
+        return self.index.get(start // self.seconds * self.seconds)
+
+    def usage(self, position, model, status, *, n, tokens, cost, saved, exact, semantic) -> None:
+        if model not in self.series:
+            self.series[model] = {k: [0] * len(self.axis) for k in ("requests", "tokens", "errors")}
+            self.totals[model] = {
+                "requests": 0, "tokens": 0, "errors": 0, "cost_usd": 0.0, "cache_hits": 0
+            }  # fmt: skip
+        values = {
+            "requests": n,
+            "tokens": int(tokens or 0),
+            "errors": n if status == Generation.Status.FAILED else 0,
+        }
+        for key, value in values.items():
+            self.totals[model][key] += value
+            if position is not None:
+                self.series[model][key][position] += value
+        self.totals[model]["cost_usd"] += _number(cost)
+        self.totals[model]["cache_hits"] += exact + semantic
+        self.spend["cost_usd"] += _number(cost)
+        self.spend["cost_saved_usd"] += _number(saved)
+        self.spend["cache_exact"] += exact
+        self.spend["cache_semantic"] += semantic
+
+    def histogram(self, kind: str, position, model: str, index: int, n: int) -> None:
+        if index < 0:  # NULL (no first token, still running)
+            return
+        self.histogram_of_bucket(kind, position, index, n)
+        self.histogram_of_model(kind, model, index, n)
+
+    def histogram_of_bucket(self, kind: str, position, index: int, n: int) -> None:
         if position is not None:
-            histograms.append(per_bucket[position])
-        for histogram in histograms:
-            histogram[row[key]] = histogram.get(row[key], 0) + row["n"]
-    over_time = [histogram_percentiles(h) for h in per_bucket]
-    return {
-        "p50": [p["p50"] for p in over_time],
-        "p95": [p["p95"] for p in over_time],
-        "per_model": {model: histogram_percentiles(h) for model, h in sorted(per_model.items())},
-        "overall": histogram_percentiles(overall),
-    }
+            histogram = self.histograms[kind]["buckets"][position]
+            histogram[index] = histogram.get(index, 0) + n
+
+    def histogram_of_model(self, kind: str, model: str, index: int, n: int) -> None:
+        parts = self.histograms[kind]
+        for histogram in (parts["models"].setdefault(model, {}), parts["overall"]):
+            histogram[index] = histogram.get(index, 0) + n
+
+    def route(self, category: str, model: str, n: int) -> None:
+        models = self.routed.setdefault(category, {})
+        models[model] = models.get(model, 0) + n
+
+    def classify(self, category: str, n: int) -> None:
+        self.classified[category] = self.classified.get(category, 0) + n
+
+    def compression(self, position, *, n: int, original: int, kept: int) -> None:
+        self.compressed["count"] += n
+        self.compressed["original"] += original or 0
+        self.compressed["kept"] += kept or 0
+        if position is not None:
+            self.saved[position] += (original or 0) - (kept or 0)
+
+    def _percentiles(self, kind: str) -> dict[str, Any]:
+        parts = self.histograms[kind]
+        over_time = [histogram_percentiles(h) for h in parts["buckets"]]
+        return {
+            "p50": [p["p50"] for p in over_time],
+            "p95": [p["p95"] for p in over_time],
+            "per_model": {m: histogram_percentiles(h) for m, h in sorted(parts["models"].items())},
+            "overall": histogram_percentiles(parts["overall"]),
+        }
+
+    def result(self) -> dict[str, Any]:
+        original, kept = self.compressed["original"], self.compressed["kept"]
+        for totals in self.totals.values():
+            totals["cost_usd"] = round(totals["cost_usd"], 9)
+        routed = {
+            c: dict(sorted(m.items(), key=lambda i: (-i[1], i[0]))) for c, m in self.routed.items()
+        }
+        return {
+            "usage": {"series": self.series, "totals": self.totals},
+            "spend": {
+                **self.spend,
+                "cost_usd": round(self.spend["cost_usd"], 9),
+                "cost_saved_usd": round(self.spend["cost_saved_usd"], 9),
+            },
+            "ttft": self._percentiles("ttft"),
+            "duration": self._percentiles("duration"),
+            "routing": {
+                "categories": [
+                    {"category": c, "count": n}
+                    for c, n in sorted(self.classified.items(), key=lambda i: (-i[1], i[0]))
+                ],
+                "models": dict(sorted(routed.items())),
+            },
+            "compression": {
+                "count": self.compressed["count"],
+                "original_tokens": original,
+                "compressed_tokens": kept,
+                "saved_tokens": original - kept,
+                "saved_share": round(1 - kept / original, 4) if original else None,
+                "saved_series": self.saved,
+            },
+        }
 
 
-def _usage_and_ttft(generations, bucket, axis: list[int], seconds: int) -> tuple[dict, dict]:
-    """Requests, tokens and errors per model per bucket, and the TTFT histogram, from one
-    GROUP BY (bucket, model, status, TTFT bin)."""
-    rows = list(
-        generations.annotate(bucket=bucket, bin=_bin_expression("ttft_ms"))
+def _in_ranges(ranges: list[tuple[datetime, datetime, bool]], field: str = "created_at") -> Q:
+    """created_at within any of the ranges (start inclusive; end inclusive when flagged)."""
+    condition = Q(pk__in=[])
+    for start, end, inclusive in ranges:
+        upper = f"{field}__lte" if inclusive else f"{field}__lt"
+        condition |= Q(**{f"{field}__gte": start, upper: end})
+    return condition
+
+
+def _raw_into(stats: _Stats, ranges: list[tuple[datetime, datetime, bool]]) -> None:
+    """Aggregate the raw rows of `ranges` into `stats`: one GROUP BY (bucket, model, status,
+    TTFT bin) for usage, spend and TTFT, one (bucket, model, duration bin), the routing mix
+    and the compressions. (Both ends of every range: SQLite's planner then takes the time
+    index, not a full scan of another index.)"""
+    if not ranges:
+        return
+    bucket = bucket_expression("created_at", stats.seconds)
+    generations = Generation.objects.filter(_in_ranges(ranges))
+    rows = (
+        generations.annotate(bucket=bucket, bin=bin_expression("ttft_ms"))
         .values("bucket", "model_name", "status", "bin")
         .annotate(
             n=Count("id"),
             tokens=Sum(Coalesce("prompt_tokens", 0) + Coalesce("completion_tokens", 0)),
+            cost=Sum("cost_usd"),
+            saved=Sum("cost_saved_usd"),
+            exact=Count("id", filter=Q(cache=CacheResult.EXACT)),
+            semantic=Count("id", filter=Q(cache=CacheResult.SEMANTIC)),
         )
         .order_by()
     )
-    index = {start: i for i, start in enumerate(axis)}
-    series: dict[str, dict[str, list[int]]] = {}
-    totals: dict[str, dict[str, int]] = {}
     for row in rows:
-        position = index.get(_bucket_start(row["bucket"], seconds))
-        model = row["model_name"]
-        if model not in series:
-            series[model] = {k: [0] * len(axis) for k in ("requests", "tokens", "errors")}
-            totals[model] = {"requests": 0, "tokens": 0, "errors": 0}
-        values = {
-            "requests": row["n"],
-            "tokens": int(row["tokens"] or 0),
-            "errors": row["n"] if row["status"] == Generation.Status.FAILED else 0,
-        }
-        for key, value in values.items():
-            totals[model][key] += value
-            if position is not None:
-                series[model][key][position] += value
-    return {"series": series, "totals": totals}, _histograms(rows, axis, seconds, "bin")
-
-
-def _latency(generations, bucket, axis: list[int], seconds: int, field: str) -> dict[str, Any]:
-    """p50/p95 of `field` per bucket and per model, from one histogram GROUP BY."""
-    rows = (
-        generations.annotate(bucket=bucket, bin=_bin_expression(field))
+        position = stats.position(row["bucket"])
+        stats.usage(
+            position,
+            row["model_name"],
+            row["status"],
+            n=row["n"],
+            tokens=row["tokens"],
+            cost=row["cost"],
+            saved=row["saved"],
+            exact=row["exact"],
+            semantic=row["semantic"],
+        )
+        stats.histogram("ttft", position, row["model_name"], row["bin"], row["n"])
+    durations = (
+        generations.annotate(bucket=bucket, bin=bin_expression("duration_ms"))
         .values("bucket", "model_name", "bin")
         .annotate(n=Count("id"))
         .order_by()
     )
-    return _histograms(rows, axis, seconds, "bin")
-
-
-def _routing_mix(since: datetime, now: datetime) -> dict[str, Any]:
-    """Classifications per top category, and which models routed generations ran on.
-    (Both ends of the range: SQLite's planner then takes the time index, not a full scan
-    of the category index.)"""
-    categories = (
-        Classification.objects.filter(created_at__gte=since, created_at__lte=now)
-        .values("top_category")
-        .annotate(n=Count("id"))
-        .order_by("-n", "top_category")
-    )
+    for row in durations:
+        position = stats.position(row["bucket"])
+        stats.histogram("duration", position, row["model_name"], row["bin"], row["n"])
     routed = (
-        Generation.objects.filter(
-            created_at__gte=since, created_at__lte=now, classification__isnull=False
-        )
+        generations.filter(classification__isnull=False)
         .values("classification__top_category", "model_name")
         .annotate(n=Count("id"))
-        .order_by("classification__top_category", "-n")
+        .order_by()
     )
-    models: dict[str, dict[str, int]] = {}
     for row in routed:
-        models.setdefault(row["classification__top_category"], {})[row["model_name"]] = row["n"]
-    return {
-        "categories": [{"category": r["top_category"], "count": r["n"]} for r in categories],
-        "models": models,
-    }
-
-
-def _compression(
-    since: datetime, now: datetime, bucket, axis: list[int], seconds: int
-) -> dict[str, Any]:
-    rows = (
-        Compression.objects.filter(created_at__gte=since, created_at__lte=now)
+        stats.route(row["classification__top_category"], row["model_name"], row["n"])
+    classified = (
+        Classification.objects.filter(_in_ranges(ranges))
+        .values("top_category")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in classified:
+        stats.classify(row["top_category"], row["n"])
+    compressions = (
+        Compression.objects.filter(_in_ranges(ranges))
         .annotate(bucket=bucket)
         .values("bucket")
         .annotate(n=Count("id"), original=Sum("original_tokens"), kept=Sum("compressed_tokens"))
         .order_by()
     )
-    index = {start: i for i, start in enumerate(axis)}
-    saved = [0] * len(axis)
-    count = original = kept = 0
-    for row in rows:
-        count += row["n"]
-        original += row["original"] or 0
-        kept += row["kept"] or 0
-        position = index.get(_bucket_start(row["bucket"], seconds))
-        if position is not None:
-            saved[position] += (row["original"] or 0) - (row["kept"] or 0)
-    return {
-        "count": count,
-        "original_tokens": original,
-        "compressed_tokens": kept,
-        "saved_tokens": original - kept,
-        "saved_share": round(1 - kept / original, 4) if original else None,
-        "saved_series": saved,
-    }
+    for row in compressions:
+        stats.compression(
+            stats.position(row["bucket"]), n=row["n"], original=row["original"], kept=row["kept"]
+        )
 
 
-def dashboard_stats(*, span: str, now: datetime | None = None) -> dict[str, Any]:
-    """Everything the dashboard charts, for the last hour / day / week."""
+def _json_counts(column: str, group: str, start: datetime, end: datetime) -> list[tuple]:
+    """(group, key, summed count) over the `{key: count}` maps in `column` of the rolled
+    rows in [start, end): the database unpacks and adds the maps (json_each / jsonb_each),
+    so no JSON is parsed here. `group` "hour" comes back as a Unix timestamp (parsing
+    thousands of datetimes costs more than the query)."""
+    table = GenerationHour._meta.db_table
+    if connection.vendor == "postgresql":
+        each, value = f"jsonb_each_text(g.{column})", "CAST(j.value AS bigint)"
+        epoch = "CAST(EXTRACT(EPOCH FROM g.hour) AS bigint)"
+    else:
+        each, value = f"json_each(g.{column})", "j.value"
+        epoch = "CAST(strftime('%%s', g.hour) AS integer)"
+    key = epoch if group == "hour" else f"g.{group}"
+    sql = (
+        f"SELECT {key}, j.key, SUM({value}) FROM {table} g, {each} j "
+        f"WHERE g.hour >= %s AND g.hour < %s GROUP BY {key}, j.key"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [adapt(start), adapt(end)])
+        return cursor.fetchall()
+
+
+def _rollup_into(stats: _Stats, start: datetime, end: datetime) -> None:
+    """Add the rolled hours in [start, end) (hourly buckets only)."""
+    hours = GenerationHour.objects.filter(hour__gte=start, hour__lt=end).values_list(
+        "hour", "model_name", "status", "requests", "prompt_tokens", "completion_tokens",
+        "cost_usd", "cost_saved_usd", "cache_exact", "cache_semantic",
+    )  # fmt: skip
+    for hour, model, status, n, prompt, completion, cost, saved, exact, semantic in hours:
+        stats.usage(
+            stats.position(int(hour.timestamp())), model, status, n=n,
+            tokens=prompt + completion, cost=cost, saved=saved, exact=exact, semantic=semantic,
+        )  # fmt: skip
+    for kind in ("ttft", "duration"):
+        column = f"{kind}_histogram"
+        for hour, index, n in _json_counts(column, "hour", start, end):
+            stats.histogram_of_bucket(kind, stats.position(hour), int(index), int(n))
+        for model, index, n in _json_counts(column, "model_name", start, end):
+            stats.histogram_of_model(kind, model, int(index), int(n))
+    for model, category, n in _json_counts("categories", "model_name", start, end):
+        stats.route(category, model, int(n))
+    classified = (
+        ClassificationHour.objects.filter(hour__gte=start, hour__lt=end)
+        .values("top_category")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
+    for row in classified:
+        stats.classify(row["top_category"], row["n"])
+    compressions = CompressionHour.objects.filter(hour__gte=start, hour__lt=end).values_list(
+        "hour", "count", "original_tokens", "compressed_tokens"
+    )
+    for hour, n, original, kept in compressions:
+        stats.compression(stats.position(int(hour.timestamp())), n=n, original=original, kept=kept)
+
+
+def dashboard_stats(
+    *, span: str, now: datetime | None = None, rollup: bool = True
+) -> dict[str, Any]:
+    """Everything the dashboard charts, for the last hour / day / week.
+
+    Hourly ranges (day, week) start at a whole hour and read the hours `rollups` has
+    aggregated from its tables; the rest (the current hour, hours not rolled yet) from
+    the raw rows. `rollup=False` reads everything raw (tests and the bench compare)."""
     length, seconds = SPANS[span]
     now = now or timezone.now()
     since = now - length
+    if seconds == ROLLUP_SECONDS:
+        since = datetime.fromtimestamp(int(since.timestamp()) // seconds * seconds, tz=UTC)
     axis = _axis(since, now, seconds)
-    generations = Generation.objects.filter(created_at__gte=since, created_at__lte=now)
-    bucket = _bucket_expression("created_at", seconds)
-    usage, ttft = _usage_and_ttft(generations, bucket, axis, seconds)
+    stats = _Stats(axis, seconds)
+    ranges: list[tuple[datetime, datetime, bool]] = [(since, now, True)]
+    rolled_hours = 0
+    if rollup and seconds == ROLLUP_SECONDS:
+        current = datetime.fromtimestamp(axis[-1], tz=UTC)
+        rolled = {
+            int(hour.timestamp())
+            for hour in RolledHour.objects.filter(hour__gte=since, hour__lt=current).values_list(
+                "hour", flat=True
+            )
+        }
+        rolled_hours = len(rolled)
+        ranges = []
+        for start in axis:
+            if start in rolled:
+                continue
+            begin = datetime.fromtimestamp(start, tz=UTC)
+            if start == axis[-1]:
+                ranges.append((begin, now, True))
+            elif ranges and ranges[-1][1] == begin:
+                ranges[-1] = (ranges[-1][0], begin + timedelta(seconds=seconds), False)
+            else:
+                ranges.append((begin, begin + timedelta(seconds=seconds), False))
+        if rolled:
+            _rollup_into(stats, since, current)
+    _raw_into(stats, ranges)
     return {
         "range": span,
         "since": since,
         "until": now,
         "bucket_seconds": seconds,
         "axis": axis,
-        "usage": usage,
-        "ttft": ttft,
-        "duration": _latency(generations, bucket, axis, seconds, "duration_ms"),
-        "routing": _routing_mix(since, now),
-        "compression": _compression(since, now, bucket, axis, seconds),
+        "rolled_hours": rolled_hours,
+        **stats.result(),
     }
 
 
@@ -351,5 +519,5 @@ def live_snapshot() -> dict[str, Any]:
 
 
 def bisect_bin(value: float) -> int:
-    """The bin `_bin_expression` computes, in Python (tests check the SQL against it)."""
+    """The bin `bin_expression` computes, in Python (tests check the SQL against it)."""
     return bisect.bisect_right(BIN_EDGES, value)

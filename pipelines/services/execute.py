@@ -6,12 +6,14 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from pipelines.events import (
+    agent_delta_event,
     agent_event,
     replay_events,
     run_end_event,
@@ -24,7 +26,6 @@ from routing.models import Generation, Prompt
 from routing.services.generation import (
     GenerationParams,
     StreamEvent,
-    generation_complete,
     generation_prepare,
     generation_run,
 )
@@ -125,7 +126,17 @@ def _aggregator_prepare(start: ProcessStart, links: Sequence[RunAgent]) -> Gener
 # --- running -----------------------------------------------------------------------------
 
 
-async def _agent_run(link: RunAgent, limit: float, deadline_bound: bool) -> RunAgent:
+async def _agent_generate(link: RunAgent, deltas: asyncio.Queue | None) -> None:
+    """Run an agent's Generation to its end; its text chunks go to `deltas` if given."""
+    async with aclosing(generation_run(link.generation)) as events:
+        async for event in events:
+            if deltas is not None and event.type == "text":
+                deltas.put_nowait(agent_delta_event(link, event.data["text"]))
+
+
+async def _agent_run(
+    link: RunAgent, limit: float, deadline_bound: bool, deltas: asyncio.Queue | None = None
+) -> RunAgent:
     """Run one agent within `limit` seconds and record its outcome on the link; never
     raises but CancelledError."""
     started = time.monotonic()
@@ -135,7 +146,7 @@ async def _agent_run(link: RunAgent, limit: float, deadline_bound: bool) -> RunA
         code, reason = "model_disabled", f"Model {link.agent.model} is disabled."
     else:
         try:
-            await asyncio.wait_for(generation_complete(generation), timeout=max(limit, 0.001))
+            await asyncio.wait_for(_agent_generate(link, deltas), timeout=max(limit, 0.001))
         except TimeoutError:
             code = "deadline_exceeded" if deadline_bound else "timeout"
             reason = f"No answer within {limit:.1f} s ({code.replace('_', ' ')})."
@@ -175,8 +186,12 @@ async def _abort(
     await sync_to_async(persist)()
 
 
-async def process_events(start: ProcessStart) -> AsyncIterator[StreamEvent]:
-    """The event stream of a run (or the replay of a finished one)."""
+async def process_events(
+    start: ProcessStart, *, agent_deltas: bool = False
+) -> AsyncIterator[StreamEvent]:
+    """The event stream of a run (or the replay of a finished one). `agent_deltas`: also
+    an `agent_delta` per text chunk of every agent, before that agent's `agent_done` /
+    `agent_failed` (a replay has none: its `agent_done` carries the whole text)."""
     if start.replay:
         for event in replay_events(start.run, start.links):
             yield event
@@ -188,13 +203,26 @@ async def process_events(start: ProcessStart) -> AsyncIterator[StreamEvent]:
     aggregator: AsyncIterator[StreamEvent] | None = None
     try:
         yield run_metadata(run, links, replayed=False)
+        # One queue carries the agents' deltas and their finished tasks, in order: an
+        # agent's deltas are queued before its task ends, so before its agent_done.
+        queue: asyncio.Queue = asyncio.Queue()
         for link in links:
             left = deadline - time.monotonic()
             limit = min(link.agent.timeout_seconds, left)
             bound = left < link.agent.timeout_seconds
-            tasks.append(asyncio.create_task(_agent_run(link, limit, bound)))
-        for next_done in asyncio.as_completed(tasks):
-            yield agent_event(await next_done)
+            task = asyncio.create_task(
+                _agent_run(link, limit, bound, queue if agent_deltas else None)
+            )
+            task.add_done_callback(queue.put_nowait)
+            tasks.append(task)
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if isinstance(item, asyncio.Task):
+                running -= 1
+                yield agent_event(item.result())
+            else:
+                yield item
         run.agents_ms = (time.monotonic() - began) * 1000
         failed = [link for link in links if link.status != RunAgent.Status.DONE]
         run.missing = [link.agent_name for link in failed]

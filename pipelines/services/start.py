@@ -25,6 +25,7 @@ class ProcessRequest:
     message_id: str
     pipeline: str
     conversation_id: str | None = None
+    stream_agents: bool = False  # agent_delta events (process_events); not stored
 
 
 @dataclass

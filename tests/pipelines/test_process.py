@@ -307,3 +307,56 @@ async def test_run_is_readable_by_its_key_only(async_client, auth, sse):
         f"/api/process/{run_id}", headers={"Authorization": f"Bearer {raw}"}
     )
     assert response.status_code == 404
+
+
+async def test_stream_agents_sends_each_agents_text_as_it_streams(async_client, auth, sse):
+    await make(
+        name="deltas",
+        agents={
+            "quick": {"response": "one two three four", "token_delay": 0.05},
+            "steady": {"response": "slow steady words", "token_delay": 0.15},
+            "stuck": {"response": "half said then", "stall_after": 2, "timeout_seconds": 1.0},
+        },
+    )
+    payload = {"message": "q", "message_id": "d1", "pipeline": "deltas", "stream_agents": True}
+    _, events = await sse(async_client, auth, payload)
+    order = names(events)
+    assert order[0] == "metadata" and order[-1] == "end_stream"
+    deltas = [(i, data) for i, (name, data) in enumerate(events) if name == "agent_delta"]
+    finished = {
+        data["agent"]: (i, data)
+        for i, (name, data) in enumerate(events)
+        if name in ("agent_done", "agent_failed")
+    }
+    for agent in ("quick", "steady", "stuck"):
+        mine = [(i, d) for i, d in deltas if d["agent"] == agent]
+        assert len(mine) >= 2, agent  # token by token, not one block
+        assert all(i < finished[agent][0] for i, _ in mine)  # all before its end event
+        assert {d["generation_id"] for _, d in mine} == {finished[agent][1]["generation_id"]}
+    text = {a: "".join(d["text"] for _, d in deltas if d["agent"] == a) for a in finished}
+    assert text["quick"] == finished["quick"][1]["text"] == "one two three four"
+    assert text["steady"] == finished["steady"][1]["text"]
+    # The stuck agent's partial text arrived, then it failed on its timeout.
+    assert text["stuck"] and finished["stuck"][1]["code"] == "timeout"
+    # Concurrent: the slow agent had streamed text before the quick one finished.
+    first_steady = min(i for i, d in deltas if d["agent"] == "steady")
+    assert first_steady < finished["quick"][0]
+    # Every delta comes before the aggregated answer.
+    assert max(i for i, _ in deltas) < order.index("text_chunk")
+
+    # Without the flag (and on replay) the stream has no agent_delta.
+    _, plain = await sse(
+        async_client, auth, {**payload, "message_id": "d2", "stream_agents": False}
+    )
+    assert "agent_delta" not in names(plain) and "agent_done" in names(plain)
+    _, replay = await sse(async_client, auth, payload)
+    assert replay[0][1]["replayed"] and "agent_delta" not in names(replay)
+
+
+async def test_stream_agents_must_be_a_boolean(async_client, auth, sse):
+    await make(name="flag", agents={"a": {"response": "x"}})
+    payload = {"message": "q", "message_id": "f", "pipeline": "flag", "stream_agents": "yes"}
+    response, events = await sse(async_client, auth, payload)
+    assert events is None and response.status_code == 400
+    assert response.json()["error"]["field"] == "stream_agents"
+    assert not await PipelineRun.objects.filter(message_id="f").aexists()

@@ -1,6 +1,7 @@
 """The pages in a real browser (Chromium via Playwright) against a live daphne."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -9,6 +10,7 @@ from playwright.sync_api import expect
 from batches.models import BatchItem, BatchJob
 from compression.models import Compression
 from pipelines.models import Agent, Pipeline
+from rollups.services import rollup_pending
 from routing.models import Classification, Generation, ModelRanking
 from tests.factories import mock_model, route
 from tests.web.conftest import require_browser, screenshot
@@ -160,7 +162,8 @@ def test_compression_diff_preview_and_in_a_generation(staff_page):
 
 
 def test_fan_out_with_one_failing_agent(staff_page):
-    good = mock_model("mock/good", response="Facts: it depends.", token_delay=0.01)
+    # Six tokens 0.3 s apart: the analyst's panel fills in while it still runs.
+    good = mock_model("mock/good", response="Facts: it depends on the team.", token_delay=0.3)
     bad = mock_model("mock/bad", fail_before_first=400)
     aggregator = mock_model("mock/agg", response="Combined answer.", token_delay=0.02)
     pipeline = Pipeline.objects.create(name="panel", aggregator_model=aggregator)
@@ -173,10 +176,21 @@ def test_fan_out_with_one_failing_agent(staff_page):
     page.select_option("#pipeline", "panel")
     page.fill("#prompt", "Rust or Go?")
     page.click("#send")
+    page.wait_for_function(  # streamed text in a panel that has not finished yet
+        """() => {
+            const panel = document.querySelector('.agent[data-agent="analyst"]');
+            return panel && panel.classList.contains("running")
+                && panel.querySelector(".text").textContent.startsWith("Facts:");
+        }""",
+        timeout=5000,
+    )
     expect(page.locator('.agent[data-agent="analyst"]')).to_have_class("agent done")
-    expect(page.locator('.agent[data-agent="analyst"] .text')).to_have_text("Facts: it depends.")
+    expect(page.locator('.agent[data-agent="analyst"] .text')).to_have_text(
+        "Facts: it depends on the team."
+    )
     expect(page.locator('.agent[data-agent="critic"]')).to_have_class("agent failed")
     expect(page.locator('.agent[data-agent="critic"] .state')).to_contain_text("failed")
+    expect(page.locator('.agent[data-agent="critic"] .reason')).not_to_be_empty()
     expect(page.locator("#output")).to_have_text("Combined answer.")
     expect(page.locator("#stat-status")).to_have_text("completed (stop)")
 
@@ -215,6 +229,9 @@ def _seed_dashboard() -> BatchJob:
                 ttft_ms=50 + (i % 13) * 9,
                 duration_ms=400 + (i % 29) * 20,
                 classification=category if i % 3 == 0 else None,
+                cost_usd=Decimal("0.01"),
+                cache="exact" if i % 5 == 0 else "",
+                cost_saved_usd=Decimal("0.01") if i % 5 == 0 else None,
             )
         )
     created = Generation.objects.bulk_create(rows)
@@ -236,6 +253,7 @@ def _seed_dashboard() -> BatchJob:
 
 def test_dashboard_renders_charts_and_live_data(staff_page):
     job = _seed_dashboard()
+    assert rollup_pending() >= 19  # the closed hours come from the rollup tables
     page = staff_page
     page.goto("/dashboard/?range=day")
     expect(page.locator("#live-status")).to_have_text("live")
@@ -248,6 +266,11 @@ def test_dashboard_renders_charts_and_live_data(staff_page):
         == Generation.objects.filter(created_at__gte=timezone.now() - timedelta(days=1)).count()
     )
     expect(page.locator("#card-saved")).to_contain_text("50.0 %")
+    expect(page.locator("#card-cost")).to_have_text("$2.40")
+    expect(page.locator("#card-cache")).to_have_text("48 · 20.0 %")
+    expect(page.locator("#card-cache-detail")).to_have_text(
+        "cache hits: 48 exact, 0 semantic, $0.480 saved"
+    )
     expect(page.locator("#routing-table")).to_contain_text("coding")
     bar = page.locator(f'#batches tr[data-job="{job.pk}"]')
     expect(bar).to_contain_text("30 / 100")

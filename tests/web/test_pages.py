@@ -94,7 +94,10 @@ def test_dashboard_stats_match_the_rows(client, staff):
     stats = client.get("/dashboard/data?range=hour").json()
     assert stats["bucket_seconds"] == 60 and len(stats["axis"]) in (60, 61)
     totals = stats["usage"]["totals"]
-    assert totals["mock/a"] == {"requests": 200, "tokens": 200 * 10 + 160 * 5, "errors": 40}
+    assert totals["mock/a"] == {
+        "requests": 200, "tokens": 200 * 10 + 160 * 5, "errors": 40, "cost_usd": 0.0,
+        "cache_hits": 0,
+    }  # fmt: skip
     assert totals["mock/b"]["requests"] == 200 and totals["mock/b"]["errors"] == 0
     assert sum(stats["usage"]["series"]["mock/a"]["requests"]) == 200
     assert (

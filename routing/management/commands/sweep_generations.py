@@ -5,13 +5,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
+from rollups.services import rollup_pending
 from routing.services.sweep import generation_sweep_stale
 
 
 class Command(BaseCommand):
     help = (
-        "Fail generations left queued/streaming by a process that died; with --every, "
-        "keep doing it (make serve runs it that way)."
+        "Fail generations left queued/streaming by a process that died, then roll the "
+        "closed hours into the dashboard's rollups; with --every, keep doing it (make serve "
+        "runs it that way)."
     )
 
     def add_arguments(self, parser):
@@ -39,13 +41,16 @@ class Command(BaseCommand):
                     older_than=timedelta(seconds=older_than),
                     silent_for=timedelta(seconds=silent_for),
                 )
+                rolled = rollup_pending()
             except Exception as exc:  # noqa: BLE001 - a database blip must not end the loop
                 if not every:
                     raise
                 self.stderr.write(f"sweep failed: {exc}")
-                closed = 0
+                closed = rolled = 0
             if closed or not every:
                 self.stdout.write(f"{closed} abandoned generation(s) marked failed.")
+            if rolled:
+                self.stdout.write(f"{rolled} hour(s) rolled up for the dashboard.")
             if not every:
                 return
             time.sleep(every)

@@ -33,6 +33,12 @@
     return Object.entries(stats.usage.series).map(([model, values]) => ({ label: model, values: values[key] }));
   }
 
+  function usd(value) {
+    // Per-call costs are fractions of a cent: more digits below a dollar.
+    if (!value) return "$0";
+    return value >= 1 ? `$${value.toFixed(2)}` : `$${value.toPrecision(3)}`;
+  }
+
   function pair(p) {
     return p && p.p50 !== null ? `${TF.ms(p.p50)} / ${TF.ms(p.p95)}` : "–";
   }
@@ -49,6 +55,12 @@
     $("card-duration").textContent = pair(stats.duration.overall);
     const c = stats.compression;
     $("card-saved").textContent = c.count ? `${TF.int(c.saved_tokens)} tok · ${TF.pct(c.saved_share)}` : "–";
+    const spend = stats.spend;
+    $("card-cost").textContent = usd(spend.cost_usd);
+    const hits = spend.cache_exact + spend.cache_semantic;
+    $("card-cache").textContent = requests ? `${TF.int(hits)} · ${TF.pct(hits / requests)}` : "–";
+    $("card-cache-detail").textContent =
+      `cache hits: ${TF.int(spend.cache_exact)} exact, ${TF.int(spend.cache_semantic)} semantic, ${usd(spend.cost_saved_usd)} saved`;
 
     const axis = stats.axis;
     draw("chart-requests", axis, perModel(stats, "requests"));
@@ -81,9 +93,10 @@
       return TF.el("tr", {},
         TF.el("td", {}, model), TF.el("td", { class: "num" }, TF.int(t.requests)),
         TF.el("td", { class: "num" }, TF.int(t.tokens)), TF.el("td", { class: "num" }, TF.int(t.errors)),
+        TF.el("td", { class: "num" }, usd(t.cost_usd)), TF.el("td", { class: "num" }, TF.int(t.cache_hits)),
         TF.el("td", { class: "num" }, pair(stats.ttft.per_model[model])),
         TF.el("td", { class: "num" }, pair(stats.duration.per_model[model])));
-    }) : [TF.el("tr", {}, TF.el("td", { colspan: 6, class: "muted" }, "No generation in this range."))]));
+    }) : [TF.el("tr", {}, TF.el("td", { colspan: 8, class: "muted" }, "No generation in this range."))]));
   }
 
   // --- live ------------------------------------------------------------------------------

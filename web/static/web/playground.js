@@ -158,12 +158,22 @@
     return panel;
   }
 
+  function agentPanelOf(event) {
+    return $("agents").querySelector(`[data-agent="${CSS.escape(event.agent)}"]`) || agentPanel(event);
+  }
+
+  function agentDelta(event) {
+    // stream_agents: the agent's answer fills in chunk by chunk while it runs.
+    agentPanelOf(event).querySelector(".text").append(event.text);
+  }
+
   function agentFinished(event, ok) {
-    const panel = $("agents").querySelector(`[data-agent="${CSS.escape(event.agent)}"]`) || agentPanel(event);
+    const panel = agentPanelOf(event);
     panel.classList.remove("running");
     panel.classList.add(ok ? "done" : "failed");
     panel.querySelector(".state").textContent = ok ? `done in ${TF.ms(event.duration_ms)}` : `failed (${event.code})`;
-    panel.querySelector(".text").textContent = ok ? event.text : event.reason;
+    if (ok) panel.querySelector(".text").textContent = event.text;  // the stored answer
+    else panel.append(TF.el("p", { class: "reason" }, event.reason));  // partial text stays
   }
 
   function setStat(id, content) {
@@ -230,6 +240,9 @@
           output.before(TF.el("p", { class: "note" }, `Fallback: ${f.from}${f.to ? " → " + f.to : ""} (${f.code || ""} ${f.reason || ""})`));
         }
         break;
+      case "agent_delta":
+        agentDelta(event);
+        break;
       case "agent_done":
         agentFinished(event, true);
         break;
@@ -292,7 +305,7 @@
     job = { id, mode: mode(), sentAt: performance.now(), firstAt: null, tokens: 0, compress: false };
     let message;
     if (job.mode === "fanout") {
-      message = { type: "process", id, message: $("prompt").value, message_id: `playground-${Date.now()}-${jobSeq}`, pipeline: $("pipeline").value };
+      message = { type: "process", id, message: $("prompt").value, message_id: `playground-${Date.now()}-${jobSeq}`, pipeline: $("pipeline").value, stream_agents: true };
     } else {
       message = { type: "generate", id, model: $("model").value, messages: messages() };
       if ($("temperature").value !== "") message.temperature = Number($("temperature").value);
