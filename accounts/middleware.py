@@ -163,5 +163,11 @@ class ApiKeyMiddleware:
         response = denied or await self.get_response(request)
         key = getattr(request, "api_key", None)
         if key is not None and key.max_budget_usd is not None:
-            await sync_to_async(_budget_headers)(request)
+            seen = getattr(key, "budget_spent_seen", None)
+            if seen is not None:  # the request reserved: its spend is known (no thread hop)
+                from routing.services.spend import budget_header
+
+                request.budget_headers = budget_header(key, seen)
+            else:
+                await sync_to_async(_budget_headers)(request)
         return _with_headers(request, response)

@@ -254,6 +254,7 @@ def budget_reserve(*, api_key: ApiKey | None, amount: Decimal = Decimal(0)) -> B
     if state == "0":
         raise _exceeded(api_key, spent, period)
     _soft_check(api_key, spent, period)
+    api_key.budget_spent_seen = spent  # the response header reads it: no second lookup
     return BudgetHold(api_key=api_key, key=key, units=units, spent=spent)
 
 
@@ -305,11 +306,15 @@ def budget_spent(*, api_key: ApiKey) -> Decimal:
     return spend_in_db(api_key_id=api_key.pk, period=period)
 
 
-def budget_header(api_key: ApiKey | None) -> dict[str, str]:
-    """{x-tokenflow-budget-remaining: USD} for a key with a budget, else {}."""
-    remaining = budget_remaining(api_key=api_key)
-    if remaining is None:
+def budget_header(api_key: ApiKey | None, spent: Decimal | None = None) -> dict[str, str]:
+    """{x-tokenflow-budget-remaining: USD} for a key with a budget, else {}; `spent` when
+    the caller already knows it (a request that just reserved)."""
+    if api_key is None or api_key.max_budget_usd is None:
         return {}
+    if spent is None:
+        remaining = budget_remaining(api_key=api_key)
+    else:
+        remaining = max(Decimal(0), api_key.max_budget_usd - spent)
     return {BUDGET_HEADER: f"{remaining:.6f}"}
 
 
