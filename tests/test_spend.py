@@ -541,3 +541,22 @@ def test_create_api_key_sets_a_budget(db, capsys):
     call_command("create_api_key", "--name", "k", "--max-budget", "5", "--budget-period", "day")
     key = ApiKey.objects.get()
     assert key.max_budget_usd == 5 and key.budget_period == "day"
+
+
+def test_admin_shows_costs_budgets_and_pause_reasons(staff_client):
+    model = priced("mock/admin")
+    key, _ = issue(max_budget_usd=Decimal("5"), budget_period="day")
+    spent_rows(key, "1.25")
+    key.soft_budget_crossed_at = timezone.now()
+    key.save()
+    job = make_job(model.name, n=1, api_key=key)
+    BatchJob.objects.filter(pk=job.pk).update(pause_reason="budget_exceeded: spent")
+    BatchItem.objects.filter(job=job).update(cost_usd=Decimal("0.5"))
+    page = staff_client.get(f"/admin/batches/batchjob/{job.pk}/change/").content.decode()
+    assert "budget_exceeded: spent" in page and "$0.500000" in page
+    keys = staff_client.get("/admin/accounts/apikey/").content.decode()
+    assert "$5.000000 / day" in keys and "$1.250000" in keys  # budget, spent (from the DB)
+    generations = staff_client.get("/admin/routing/generation/").content.decode()
+    assert "cost (usd)" in generations.lower() and "$1.250000" in generations
+    models = staff_client.get("/admin/routing/modelranking/").content.decode()
+    assert "$1500.00 / Mtok" in models  # the cached input price
