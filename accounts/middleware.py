@@ -118,7 +118,24 @@ def _with_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     if decision is not None:
         for name, value in decision.headers().items():
             response[name] = value
+    for name, value in getattr(request, "budget_headers", {}).items():
+        response[name] = value
     return response
+
+
+def _budget_headers(request: HttpRequest) -> None:
+    """x-tokenflow-budget-remaining for keys with a budget (read after the view ran, so a
+    stream's own reservation is counted)."""
+    from routing.services.spend import budget_header
+
+    key = getattr(request, "api_key", None)
+    if key is None or key.max_budget_usd is None:
+        request.budget_headers = {}
+        return
+    try:
+        request.budget_headers = budget_header(key)
+    except Exception:  # noqa: BLE001 - a header must never fail the response
+        request.budget_headers = {}
 
 
 class ApiKeyMiddleware:
@@ -133,7 +150,9 @@ class ApiKeyMiddleware:
     def __call__(self, request: HttpRequest):
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        return _with_headers(request, _admit(request) or self.get_response(request))
+        response = _admit(request) or self.get_response(request)
+        _budget_headers(request)
+        return _with_headers(request, response)
 
     async def __acall__(self, request: HttpRequest):
         if request.path.startswith(PROTECTED_PREFIXES):
@@ -141,4 +160,14 @@ class ApiKeyMiddleware:
             denied = await sync_to_async(_admit)(request)
         else:
             request.principal, request.api_key, request.rate_limit, denied = None, None, None, None
-        return _with_headers(request, denied or await self.get_response(request))
+        response = denied or await self.get_response(request)
+        key = getattr(request, "api_key", None)
+        if key is not None and key.max_budget_usd is not None:
+            seen = getattr(key, "budget_spent_seen", None)
+            if seen is not None:  # the request reserved: its spend is known (no thread hop)
+                from routing.services.spend import budget_header
+
+                request.budget_headers = budget_header(key, seen)
+            else:
+                await sync_to_async(_budget_headers)(request)
+        return _with_headers(request, response)

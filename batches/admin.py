@@ -1,7 +1,7 @@
 """Admin: jobs with progress bars and pause / resume / cancel; items with their attempts."""
 
 from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.forms.models import BaseInlineFormSet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -10,7 +10,7 @@ from batches import services
 from batches.models import BatchAttempt, BatchItem, BatchJob
 from batches.selectors import batch_statistics
 from tokenflow_site.errors import ApiError
-from web.admin_display import admin_link, ms
+from web.admin_display import admin_link, ms, usd
 
 INLINE_ITEMS = 50
 DONE = [BatchItem.Status.COMPLETED, BatchItem.Status.FAILED, BatchItem.Status.CANCELLED]
@@ -97,11 +97,21 @@ class BatchJobAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at"]
     search_fields = ["name", "model"]
     date_hierarchy = "created_at"
-    readonly_fields = ["total_items", "started_at", "finished_at", "live_statistics", "items_link"]
+    readonly_fields = [
+        "total_items",
+        "pause_reason",
+        "cost",
+        "started_at",
+        "finished_at",
+        "live_statistics",
+        "items_link",
+    ]
     fields = [
         "name",
         "model",
         "status",
+        "pause_reason",
+        "cost",
         "concurrency",
         "max_attempts",
         "retry_policy",
@@ -123,6 +133,11 @@ class BatchJobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # jobs are created through the API or the Python client
+
+    @admin.display(description="cost (USD)")
+    def cost(self, obj):
+        total = obj.items.aggregate(total=Sum("cost_usd"))["total"]
+        return usd(total or 0)
 
     def get_queryset(self, request):
         return (

@@ -52,6 +52,11 @@ class BatchJob(models.Model):
     )
     total_items = models.PositiveIntegerField(default=0)
     statistics = models.JSONField(default=dict, blank=True, help_text="Snapshot when finished.")
+    pause_reason = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Why the system paused the job (e.g. budget_exceeded); cleared on resume.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -117,6 +122,13 @@ class BatchItem(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
+    cost_usd = models.DecimalField(
+        max_digits=16,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="What the item's attempts cost (USD).",
+    )
     available_at = models.DateTimeField(null=True, blank=True, help_text="Retry backoff.")
     lease_token = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -157,6 +169,9 @@ class BatchAttempt(models.Model):
     latency_ms = models.FloatField(default=0)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(
+        max_digits=16, decimal_places=10, null=True, blank=True, help_text="USD."
+    )
     worker = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField()
 

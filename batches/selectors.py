@@ -26,13 +26,16 @@ def batch_progress(*, job: BatchJob) -> dict[str, Any]:
     counts = batch_counts(job=job)
     total = sum(counts.values())
     done = counts["completed"] + counts["failed"] + counts["cancelled"]
+    cost = job.items.order_by().aggregate(cost=Sum("cost_usd"))["cost"]
     return {
         "job_id": job.pk,
         "status": job.status,
+        "pause_reason": job.pause_reason or None,
         "total": total,
         "done": done,
         "counts": counts,
         "percent": round(100 * done / total, 1) if total else 100.0,
+        "cost_usd": float(cost or 0),
     }
 
 

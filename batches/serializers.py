@@ -326,6 +326,8 @@ class BatchStatisticsSerializer(serializers.Serializer):
     done = serializers.IntegerField()
     counts = _CountsSerializer()
     percent = serializers.FloatField()
+    pause_reason = serializers.CharField(allow_null=True, help_text="Why the system paused it.")
+    cost_usd = serializers.FloatField(help_text="What the job's attempts cost so far (USD).")
     created_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -356,6 +358,7 @@ class BatchJobSummarySerializer(serializers.ModelSerializer):
             "retry_policy",
             "handler",
             "status",
+            "pause_reason",
             "total_items",
         ]
         read_only_fields = fields
@@ -398,6 +401,7 @@ class BatchAttemptSerializer(serializers.ModelSerializer):
             "latency_ms",
             "prompt_tokens",
             "completion_tokens",
+            "cost_usd",
             "created_at",
         ]
         read_only_fields = fields

@@ -1,5 +1,6 @@
 """Batch job writes: create (JSON or JSONL), pause / resume / cancel, finalize."""
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +28,8 @@ AUTO = "auto"
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
 Status = BatchJob.Status
 ItemStatus = BatchItem.Status
+
+logger = logging.getLogger(__name__)
 
 
 # --- model "auto" ------------------------------------------------------------------------
@@ -324,6 +327,20 @@ def batch_pause(*, job: BatchJob, mode: str = "soft") -> BatchJob:
     return job
 
 
+def batch_pause_for(*, job_id: int, reason: str) -> str:
+    """The system pauses an active job (e.g. its key's budget is spent) and says why;
+    the job's status afterwards. A resume clears the reason."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status in BatchJob.ACTIVE:
+            running = job.items.filter(status=ItemStatus.RUNNING).exists()
+            job.status = Status.PAUSING if running else Status.PAUSED
+            job.pause_reason = reason[:300]
+            job.save(update_fields=["status", "pause_reason"])
+            logger.warning("Batch job %s paused: %s", job.pk, reason)
+        return job.status
+
+
 def _release(items) -> int:
     return items.update(status=ItemStatus.PENDING, lease_token="", lease_expires_at=None, worker="")
 
@@ -335,7 +352,8 @@ def batch_resume(*, job: BatchJob) -> BatchJob:
             raise _conflict(job, "resume")
         job.status = Status.RUNNING if job.started_at else Status.PENDING
         job.finished_at = None
-        job.save(update_fields=["status", "finished_at"])
+        job.pause_reason = ""
+        job.save(update_fields=["status", "finished_at", "pause_reason"])
     return job
 
 

@@ -95,6 +95,12 @@ class CompressionSerializer(serializers.ModelSerializer):
 
     model = serializers.CharField(source="model_name")
     prompt_id = serializers.IntegerField(allow_null=True)
+    tokens_saved = serializers.SerializerMethodField(help_text="original - compressed tokens")
+    saved_usd = serializers.SerializerMethodField(
+        help_text="tokens_saved at the input price of the model that received the compressed "
+        "prompt (null when no generation used it)."
+    )
+    target_model = serializers.SerializerMethodField(help_text="That model's name, or null.")
 
     class Meta:
         model = Compression
@@ -110,6 +116,9 @@ class CompressionSerializer(serializers.ModelSerializer):
             "model",
             "duration_ms",
             "skipped",
+            "tokens_saved",
+            "saved_usd",
+            "target_model",
             "prompt_id",
             "question",
             "instruction",
@@ -117,6 +126,28 @@ class CompressionSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    def get_tokens_saved(self, compression: Compression) -> int:
+        return max(0, compression.original_tokens - compression.compressed_tokens)
+
+    def _target(self, compression: Compression):
+        """The model of the (first) generation sent the compressed prompt."""
+        if compression.pk is None:
+            return None
+        generation = next(iter(compression.generations.all()), None)
+        return generation.model if generation is not None else None
+
+    def get_saved_usd(self, compression: Compression) -> float | None:
+        from routing.services.spend import input_cost
+
+        model = self._target(compression)
+        if model is None:
+            return None
+        return float(input_cost(model, self.get_tokens_saved(compression)))
+
+    def get_target_model(self, compression: Compression) -> str | None:
+        model = self._target(compression)
+        return model.name if model is not None else None
 
 
 class CompressionDetailSerializer(CompressionSerializer):

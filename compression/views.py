@@ -1,6 +1,7 @@
 """Thin transports over compression.services."""
 
 from asgiref.sync import sync_to_async
+from django.db.models import Prefetch
 from django.http import HttpRequest, JsonResponse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
@@ -13,6 +14,7 @@ from compression.serializers import (
     CompressRequestSerializer,
 )
 from compression.services import acompression_create
+from routing.models import Generation
 from tokenflow_site.endpoints import api_endpoint, query_validate
 from tokenflow_site.errors import ErrorSerializer
 
@@ -66,7 +68,12 @@ class CompressionFilterSerializer(serializers.Serializer):
 
 class CompressionQuerysetMixin:
     def get_queryset(self):
-        return owned_by(Compression.objects.order_by("-created_at", "-id"), self.request.auth)
+        return owned_by(
+            Compression.objects.order_by("-created_at", "-id").prefetch_related(
+                Prefetch("generations", queryset=Generation.objects.select_related("model"))
+            ),
+            self.request.auth,
+        )
 
 
 @extend_schema(parameters=[CompressionFilterSerializer])

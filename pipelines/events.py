@@ -70,9 +70,21 @@ def agent_event(link: RunAgent) -> StreamEvent:
     )
 
 
+def run_cost(run: PipelineRun) -> float:
+    """USD of the run's generations (agents and aggregator): set by the run's finish, else
+    summed from the prefetched rows (pipelines.selectors)."""
+    cost = getattr(run, "cost_usd", None)
+    if cost is not None:
+        return cost
+    generations = [link.generation for link in run.agent_runs.all()]
+    generations.append(run.aggregator_generation)
+    return float(sum(g.cost_usd or 0 for g in generations if g is not None))
+
+
 def run_summary(run: PipelineRun) -> dict[str, Any]:
     return {
         "run_id": run.pk,
+        "cost_usd": run_cost(run),
         "status": run.status,
         "missing": run.missing,
         "agents_ms": _ms(run.agents_ms),

@@ -150,6 +150,7 @@ class RunSerializer(serializers.ModelSerializer):
     agents = RunAgentSerializer(source="agent_runs", many=True)
     aggregator = RunAggregatorSerializer(source="aggregator_generation", allow_null=True)
     error = serializers.SerializerMethodField()
+    cost_usd = serializers.SerializerMethodField(help_text="USD of the run's generations.")
 
     class Meta:
         model = PipelineRun
@@ -167,11 +168,17 @@ class RunSerializer(serializers.ModelSerializer):
             "agents_ms",
             "ttft_ms",
             "duration_ms",
+            "cost_usd",
             "error",
             "created_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_cost_usd(self, run: PipelineRun) -> float:
+        from pipelines.events import run_cost
+
+        return run_cost(run)
 
     @extend_schema_field(RunErrorSerializer(allow_null=True))
     def get_error(self, run: PipelineRun) -> dict[str, str] | None:

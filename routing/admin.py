@@ -5,6 +5,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
@@ -34,8 +35,10 @@ from web.admin_display import (
     percent,
     tokens,
     truncated,
+    usd,
 )
 
+PRICE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok", "cached_input_price_per_mtok")
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 MAX_IMPORT_ROWS = 20_000
 
@@ -65,6 +68,7 @@ class ModelRankingAdmin(admin.ModelAdmin):
         "rank",
         "enabled",
         "input_price",
+        "cached_input_price",
         "output_price",
         "context",
         "supports_chat",
@@ -131,7 +135,16 @@ class ModelRankingAdmin(admin.ModelAdmin):
         ),
         (
             "Prices and limits",
-            {"fields": ["input_price_per_mtok", "output_price_per_mtok", "context_window"]},
+            {
+                "description": "USD per million tokens (local and mock models cost 0 unless "
+                "set here). Cached input: prompt tokens the provider served from its cache.",
+                "fields": [
+                    "input_price_per_mtok",
+                    "cached_input_price_per_mtok",
+                    "output_price_per_mtok",
+                    "context_window",
+                ],
+            },
         ),
         ("Provider options", {"fields": ["options"]}),
     ]
@@ -143,6 +156,21 @@ class ModelRankingAdmin(admin.ModelAdmin):
     @admin.display(description="output", ordering="output_price_per_mtok")
     def output_price(self, obj):
         return f"${obj.output_price_per_mtok:.2f} / Mtok"
+
+    @admin.display(description="cached input", ordering="cached_input_price_per_mtok")
+    def cached_input_price(self, obj):
+        return f"${obj.cached_input_price_per_mtok:.2f} / Mtok"
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        """Prices are USD per million tokens: never negative (a form error on the field,
+        not the database constraint's)."""
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name in PRICE_FIELDS and field is not None:
+            field.min_value = 0
+            field.validators.append(MinValueValidator(0))
+            field.widget.attrs["min"] = 0
+            field.help_text = field.help_text or "USD per million tokens."
+        return field
 
     @admin.display(description="context", ordering="context_window")
     def context(self, obj):
@@ -585,12 +613,13 @@ class GenerationAdmin(TimingColumns, ReadOnlyAdmin):
         "tool_call_count",
         "tokens_in",
         "tokens_out",
+        "cost",
         "ttft",
         "duration",
         "links",
         "created_at",
     ]
-    readonly_fields = ["ttft", "duration", "tokens_in", "tokens_out", "links"]
+    readonly_fields = ["ttft", "duration", "tokens_in", "tokens_out", "cost", "links"]
     list_filter = ["status", "provider", "model_name", "transport", "finish_reason", "created_at"]
     search_fields = ["output_text", "prompt__text", "model_name", "error_message"]
     date_hierarchy = "created_at"
@@ -617,6 +646,8 @@ class GenerationAdmin(TimingColumns, ReadOnlyAdmin):
                 "fields": [
                     "tokens_in",
                     "tokens_out",
+                    "cached_prompt_tokens",
+                    "cost",
                     "ttft",
                     "duration",
                     "created_at",
@@ -644,6 +675,10 @@ class GenerationAdmin(TimingColumns, ReadOnlyAdmin):
     @admin.display(description="out", ordering="completion_tokens")
     def tokens_out(self, obj):
         return tokens(obj.completion_tokens)
+
+    @admin.display(description="cost (USD)", ordering="cost_usd")
+    def cost(self, obj):
+        return usd(obj.cost_usd)
 
     @admin.display(description="related")
     def links(self, obj):

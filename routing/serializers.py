@@ -436,6 +436,9 @@ class FeedbackRequestSerializer(serializers.Serializer):
 class GenerationSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name")
     prompt_text = serializers.CharField(source="prompt.text", default=None)
+    # USD as JSON numbers (a Decimal would render as a string).
+    cost_usd = serializers.FloatField(read_only=True, allow_null=True)
+    cost_saved_usd = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = Generation
@@ -456,6 +459,10 @@ class GenerationSerializer(serializers.ModelSerializer):
             "finish_reason",
             "prompt_tokens",
             "completion_tokens",
+            "cached_prompt_tokens",
+            "cost_usd",
+            "cache",
+            "cost_saved_usd",
             "ttft_ms",
             "duration_ms",
             "attempts",

@@ -51,7 +51,7 @@ SSE_DESCRIPTION = """Server-sent events, one JSON `data:` per event:
 | `info` | `{queue_position}` (local model queue) or `{fallback: {from, to, reason, code}}` |
 | `text_chunk` | `{text}` |
 | `error` | `{message, code, status, generation_id}`: the stream failed after it started; the generation is stored as failed |
-| `end_stream` | `{generation_id, finish_reason, usage: {prompt_tokens, completion_tokens, total_tokens}}` |
+| `end_stream` | `{generation_id, finish_reason, usage: {prompt_tokens, completion_tokens, total_tokens}, cost_usd}` |
 
 Fan-out (`/api/process`) adds `agent_done` `{agent, model, generation_id, duration_ms, text}` and
 `agent_failed` `{agent, model, generation_id, duration_ms, code, reason}`; with
@@ -61,7 +61,7 @@ answer, before that agent's `agent_done` / `agent_failed`."""
 NDJSON_DESCRIPTION = """One JSON object per line (Ollama style). Every line has `response` (text, may be
 empty) and `done`; the first carries `metadata`, others may carry `info` (or the fan-out's
 `agent_delta` / `agent_done` / `agent_failed`); the last has `"done": true` and either the end fields
-(`generation_id`, `finish_reason`, `usage`) or `error`."""
+(`generation_id`, `finish_reason`, `usage`, `cost_usd`) or `error`."""
 
 # --- documentation of the stream (OpenAPI components) ------------------------------------
 
@@ -110,6 +110,7 @@ class StreamEndSerializer(serializers.Serializer):
     generation_id = serializers.IntegerField()
     finish_reason = serializers.CharField()
     usage = StreamUsageSerializer()
+    cost_usd = serializers.FloatField(help_text="What the call cost in USD (the model's prices).")
 
 
 class SseEventSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ from routing.views.embeddings import EmbeddingDetail, EmbeddingList
 from routing.views.generate import generate, models_select
 from routing.views.generations import GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
+from routing.views.usage import UsageView
 
 urlpatterns = [
     path("model-rankings", ModelRankingList.as_view(), name="model-rankings"),
@@ -25,6 +26,7 @@ urlpatterns = [
     path("generate", generate, name="generate"),
     path("generations", GenerationList.as_view(), name="generation-list"),
     path("generations/<int:pk>", GenerationDetail.as_view(), name="generation-detail"),
+    path("usage", UsageView.as_view(), name="usage"),
     path("embeddings", EmbeddingList.as_view(), name="embedding-list"),
     path("embeddings/<int:pk>", EmbeddingDetail.as_view(), name="embedding-detail"),
 ]

@@ -412,6 +412,9 @@ TOKENFLOW_STREAM_SLOT_SECONDS = float(os.environ.get("TOKENFLOW_STREAM_SLOT_SECO
 TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS = int(
     os.environ.get("TOKENFLOW_RATE_LIMIT_RESERVE_TOKENS", 256)
 )
+# Budgets (routing.services.spend): a key's total-period spend counter in the cache is
+# re-read from the database this often (day/month counters live until their period ends).
+TOKENFLOW_BUDGET_SYNC_SECONDS = float(os.environ.get("TOKENFLOW_BUDGET_SYNC_SECONDS", 3600))
 
 # ---------------------------------------------------------------------------
 # TokenFlow: batch jobs

@@ -28,6 +28,11 @@ def tokens(value: int | None) -> str:
     return EMPTY if value is None else f"{value:,} tok"
 
 
+def usd(value) -> str:
+    """0.0001234 -> '$0.000123'; 12.5 -> '$12.500000' (costs are small: six decimals)."""
+    return EMPTY if value is None else f"${value:,.6f}"
+
+
 def percent(value: float | None, digits: int = 1) -> str:
     return EMPTY if value is None else f"{100 * value:.{digits}f} %"
 

@@ -8,6 +8,7 @@ each add one attempt, so an item always ends after its job's max_attempts.
 """
 
 import asyncio
+import contextlib
 import datetime
 import inspect
 import json
@@ -31,6 +32,14 @@ from routing.models import ModelRanking
 from routing.providers.base import BaseProvider, ChatRequest, ProviderError
 from routing.providers.registry import provider_for
 from routing.services.models import model_resolve, provider_check
+from routing.services.spend import (
+    budget_reserve,
+    budget_settle,
+    generation_cost,
+    has_budget,
+    worst_case_cost,
+)
+from routing.tokens import count_message_tokens
 from tokenflow_site.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,14 @@ class ItemThrottled(Exception):
         self.retry_after = retry_after
 
 
+class ItemBudgetExceeded(Exception):
+    """The job's key has spent its budget: the item goes back to pending, the job pauses."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def _retry(outcome: Outcome, error: dict | None, delay: float) -> Outcome:
     outcome.status, outcome.result, outcome.error = ItemStatus.PENDING, None, error
     outcome.finished_at = None
@@ -138,6 +155,7 @@ def _attempt_row(
         "latency_ms": values.get("latency_ms", 0.0),
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
+        "cost_usd": values.get("cost_usd"),
         "worker": worker_id,
         "created_at": created,
     }
@@ -239,18 +257,30 @@ class ItemExecutor:
         return result_value(chunk.text, chunk.finish_reason or "stop"), model.name, chunk.usage
 
     async def execute(self, run: JobRun, item: Claimed) -> Outcome:
-        """Admit, call, decide. ItemThrottled before the call leaves the item untouched."""
+        """Admit, call, decide. ItemThrottled (rpm/tpm) or ItemBudgetExceeded before the
+        call leave the item untouched."""
+        hold = await self.budget_hold(run, item)
         try:
             admission = await self.admit(run, item)
         except ApiError as exc:  # the item alone exceeds the key's tokens per minute
+            if hold is not None:
+                await asyncio.to_thread(budget_settle, hold, None)
             error = {"code": exc.code, "message": exc.message}
             outcome = Outcome(item=item, status=ItemStatus.FAILED, attempts=item.attempts)
             return _failed(outcome, error)
+        except BaseException:  # throttled, cancelled: nothing was spent
+            if hold is not None:
+                await asyncio.to_thread(budget_settle, hold, None)
+            raise
         usage: dict | None = None
+        outcome = None
         try:
             outcome, usage = await self._attempt(run, item)
             return outcome
         finally:
+            if hold is not None:
+                cost = outcome.cost_usd if outcome is not None else None
+                await asyncio.to_thread(budget_settle, hold, cost)
             if admission.reserved:
                 used = None
                 if usage:
@@ -258,6 +288,41 @@ class ItemExecutor:
                 await asyncio.to_thread(
                     quota.item_settle, api_key=run.api_key, admission=admission, used=used
                 )
+
+    async def budget_hold(self, run: JobRun, item: Claimed):
+        """Reserve the item's worst-case cost against its key's budget (None: no budget);
+        ItemBudgetExceeded when the budget is spent."""
+        if not has_budget(run.api_key):
+            return None
+        model = None
+        if run.executor is None and item.params.get("model") != services.AUTO:
+            with contextlib.suppress(ProviderError):  # the attempt reports a bad model
+                model = (await self.model_for(run, item.params))[0]
+        params = item.params
+        amount = worst_case_cost(
+            model, count_message_tokens(params.get("messages") or []), params.get("max_tokens")
+        )
+        try:
+            return await asyncio.to_thread(budget_reserve, api_key=run.api_key, amount=amount)
+        except ApiError as exc:
+            if exc.code != "budget_exceeded":
+                raise
+            raise ItemBudgetExceeded(exc.message) from exc
+
+    def cost_of(self, run: JobRun, model_name: str, usage: dict | None):
+        """An attempt's cost at its model's prices (request functions cost nothing)."""
+        if run.executor is not None or not usage:
+            return None
+        cached = run.models.get(model_name)
+        if cached is None:
+            return None
+        details = usage.get("prompt_tokens_details") or {}
+        return generation_cost(
+            cached[0],
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            details.get("cached_tokens"),
+        )
 
     async def _attempt(self, run: JobRun, item: Claimed) -> tuple[Outcome, dict | None]:
         number = item.attempts + 1
@@ -292,9 +357,11 @@ class ItemExecutor:
             if run.started.get(item.id) == started:  # not a newer claim of the same item
                 del run.started[item.id]
         latency = (time.monotonic() - started) * 1000
+        cost = self.cost_of(run, model_name, usage)
         usage = usage or {}
         attempt = _attempt_row(
             item,
+            cost_usd=cost,
             number=number,
             worker_id=self.worker_id,
             created=created,
@@ -315,6 +382,7 @@ class ItemExecutor:
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             latency_ms=latency,
+            cost_usd=cost,
             finished_at=timezone.now(),
             attempt=attempt,
         )

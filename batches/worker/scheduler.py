@@ -32,7 +32,13 @@ from batches.policy import LOCAL_PREFIX, RetryPolicy, hook_load
 from batches.quota import key_caps
 from batches.selectors import batch_progress
 from batches.worker import store
-from batches.worker.execute import ItemExecutor, ItemThrottled, JobRun, crash_outcome
+from batches.worker.execute import (
+    ItemBudgetExceeded,
+    ItemExecutor,
+    ItemThrottled,
+    JobRun,
+    crash_outcome,
+)
 from batches.worker.store import Claimed, JobNotActive, Outcome
 
 logger = logging.getLogger(__name__)
@@ -390,6 +396,12 @@ class BatchWorker:
         if run.running.get(item.id) is task:  # not a newer claim of the same item
             del run.running[item.id]
         exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, ItemBudgetExceeded):
+            self.buffer.append(
+                Outcome(item=item, status=ItemStatus.PENDING, attempts=item.attempts)
+            )
+            self._budget_pause(run, exc.message)
+            return
         if isinstance(exc, ItemThrottled):
             # Over the key's rpm/tpm: the item waits at the head of the queue, still leased.
             if run.api_key_id is not None:
@@ -431,6 +443,27 @@ class BatchWorker:
             run.idle_until = 0  # look again at once: done, or retries became due
             self._claim_wake.set()
             self._wake.set()
+
+    def _budget_pause(self, run: JobRun, message: str) -> None:
+        """The key's budget is spent: stop claiming its items and pause every active job of
+        the key in this worker, with the reason (a resume clears it)."""
+        reason = f"budget_exceeded: {message}"
+        for other in list(self.jobs.values()):
+            if other is run or (run.api_key_id is not None and other.api_key_id == run.api_key_id):
+                if not other.accepting:
+                    continue
+                self._set_status(other, JobStatus.PAUSING)
+                asyncio.get_running_loop().create_task(self._pause_for(other, reason))
+        self._wake.set()
+
+    async def _pause_for(self, run: JobRun, reason: str) -> None:
+        try:
+            status = await self._db(services.batch_pause_for, job_id=run.id, reason=reason)
+        except Exception:
+            logger.exception("Pausing batch %s for its budget failed", run.id)
+            return
+        self._set_status(run, status)
+        run.dirty = True
 
     # --- writing -------------------------------------------------------------------------
 

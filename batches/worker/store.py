@@ -69,6 +69,7 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
+    cost_usd: Any = None  # this attempt's cost (Decimal), added to the item's
     available_at: Any = None
     finished_at: Any = None
     attempt: dict[str, Any] | None = None  # a BatchAttempt row, None when released
@@ -129,13 +130,19 @@ ITEM_COLUMNS: tuple[Column, ...] = (
     Column("prompt_tokens", "int", lambda r: r.outcome.prompt_tokens),
     Column("completion_tokens", "int", lambda r: r.outcome.completion_tokens),
     Column("latency_ms", "float8", lambda r: r.outcome.latency_ms),
+    Column("cost_usd", "numeric", lambda r: r.outcome.cost_usd),
     Column("available_at", "timestamptz", lambda r: r.adapt(r.outcome.available_at)),
     Column("finished_at", "timestamptz", lambda r: r.adapt(r.outcome.finished_at)),
 )
 # Set on every written item besides ITEM_COLUMNS: the lease is over.
 ITEM_RELEASE = "lease_token = '', lease_expires_at = NULL, worker = ''"
 # A released item (params None) keeps its params.
-ITEM_SET_OVERRIDES = {"params": "COALESCE(v.params, {table}.params)"}
+ITEM_SET_OVERRIDES = {
+    "params": "COALESCE(v.params, {table}.params)",
+    # An item's cost is the sum of its attempts'.
+    "cost_usd": "CASE WHEN v.cost_usd IS NULL THEN {table}.cost_usd "
+    "ELSE COALESCE({table}.cost_usd, 0) + v.cost_usd END",
+}
 
 ATTEMPT_COLUMNS: tuple[Column, ...] = (
     Column("item_id", "bigint", lambda r: r.outcome.item.id),
@@ -151,6 +158,7 @@ ATTEMPT_COLUMNS: tuple[Column, ...] = (
     Column("latency_ms", "float8", lambda r: _attempt(r)["latency_ms"]),
     Column("prompt_tokens", "int", lambda r: _attempt(r)["prompt_tokens"]),
     Column("completion_tokens", "int", lambda r: _attempt(r)["completion_tokens"]),
+    Column("cost_usd", "numeric", lambda r: _attempt(r).get("cost_usd")),
     Column("worker", "text", lambda r: _attempt(r)["worker"]),
     Column("created_at", "timestamptz", lambda r: r.adapt(_attempt(r)["created_at"])),
 )

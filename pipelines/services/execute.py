@@ -10,6 +10,7 @@ from contextlib import aclosing
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db.models import Sum
 from django.utils import timezone
 
 from pipelines.events import (
@@ -56,11 +57,22 @@ def _generation_fail(generation: Generation, code: str, message: str) -> None:
     )
 
 
+def run_cost_sum(run: PipelineRun) -> float:
+    """USD of the run's agent and aggregator generations, from the database."""
+    ids = [run.aggregator_generation_id] if run.aggregator_generation_id else []
+    ids += RunAgent.objects.filter(run=run, generation__isnull=False).values_list(
+        "generation_id", flat=True
+    )
+    total = Generation.objects.filter(pk__in=ids).aggregate(s=Sum("cost_usd"))["s"]
+    return float(total or 0)
+
+
 def _run_finish(run: PipelineRun, status: str, **fields: Any) -> None:
     run.status, run.finished_at = status, timezone.now()
     for name, value in fields.items():
         setattr(run, name, value)
     run.save()
+    run.cost_usd = run_cost_sum(run)  # what its end event reports (not a column)
     if run.conversation_id:
         Conversation.objects.filter(pk=run.conversation_id).update(updated_at=timezone.now())
 

@@ -14,6 +14,7 @@ from pipelines.models import Conversation, Pipeline, PipelineRun, RunAgent
 from pipelines.selectors import conversation_history, pipeline_resolve, run_replay_get
 from routing.models import Prompt
 from routing.services.generation import GenerationParams, generation_prepare
+from routing.services.spend import budget_check, has_budget
 from tokenflow_site.errors import ApiError
 
 
@@ -137,6 +138,8 @@ def process_start(
 ) -> ProcessStart:
     """Resolve the pipeline, apply idempotency, persist the run and its agents' Generations."""
     pipeline, agents = pipeline_resolve(name=request.pipeline)
+    if has_budget(api_key):  # a spent key gets its 429 before the run is persisted
+        budget_check(api_key=api_key)
     for _ in range(2):  # a concurrent insert of the same message_id: look again
         existing = _existing_run(request=request, api_key=api_key)
         if existing is not None:

@@ -165,10 +165,17 @@ class MockProvider(BaseProvider):
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             yield Chunk(token)
+        usage: dict[str, Any] = {
+            "prompt_tokens": _prompt_tokens(request),
+            "completion_tokens": len(tokens),
+        }
+        if options.get("cached_tokens"):  # a provider-side prompt cache hit, as OpenAI reports it
+            cached = min(int(options["cached_tokens"]), usage["prompt_tokens"])
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         yield Chunk(
             "",
             finish_reason="length" if len(tokens) < len(answer_tokens) else "stop",
-            usage={"prompt_tokens": _prompt_tokens(request), "completion_tokens": len(tokens)},
+            usage=usage,
         )
 
     async def _stream_calls(

@@ -241,6 +241,11 @@ class OpenAICompatProvider(BaseProvider):
                             "prompt_tokens": event.usage.prompt_tokens,
                             "completion_tokens": event.usage.completion_tokens,
                         }
+                        details = getattr(event.usage, "prompt_tokens_details", None)
+                        if details is not None and getattr(details, "cached_tokens", None):
+                            usage["prompt_tokens_details"] = {
+                                "cached_tokens": details.cached_tokens
+                            }
                     if not event.choices:
                         if usage:
                             yield Chunk(usage=usage)

@@ -36,6 +36,14 @@ from routing.providers.registry import provider_for
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.retry import backoff_delay
 from routing.services.selection import model_select, prompt_text
+from routing.services.spend import (
+    budget_check,
+    budget_reserve,
+    budget_settle,
+    generation_cost,
+    has_budget,
+    worst_case_cost,
+)
 from routing.tokens import count_message_tokens, count_tokens
 from tokenflow_site.db import UNREACHABLE, db_retry
 from tokenflow_site.errors import ApiError
@@ -114,11 +122,20 @@ def generation_prepare(
     context_check(model, prompt_tokens, params)
     slot = uuid.uuid4().hex
     holds_slot = streams_acquire(api_key=api_key, stream_id=slot)
+    reserved = 0
     try:
         reserved = _tokens_reserve(api_key, prompt_tokens, params)
+        hold = None
+        if has_budget(api_key):  # before any upstream call: 429 budget_exceeded
+            hold = budget_reserve(
+                api_key=api_key,
+                amount=worst_case_cost(model, prompt_tokens, params.max_tokens),
+            )
     except ApiError:
         if holds_slot:
             streams_release(api_key_id=api_key.pk, stream_id=slot)
+        if reserved:
+            tokens_settle(api_key=api_key, reserved=reserved, used=0)
         raise
     if prompt is None:
         prompt = Prompt.objects.create(
@@ -140,6 +157,7 @@ def generation_prepare(
     )
     # Settled / released by _finish, reused instead of counting again (not columns).
     generation.reserved_tokens = reserved
+    generation.budget_hold = hold
     generation.stream_slot = slot if holds_slot else None
     generation.prompt_tokens_estimate = prompt_tokens
     return generation
@@ -251,6 +269,9 @@ async def generation_acreate(
     The classifier's and compressor's forward passes run in worker threads, never on the
     shared HTTP sync thread."""
     messages = request.messages
+    if has_budget(api_key) and (request.model == AUTO_MODEL or request.compress is not None):
+        # Refuse a spent key before the classifier or the compressor runs.
+        await sync_to_async(budget_check)(api_key=api_key)
     if request.model == AUTO_MODEL:
         selection = await model_select(
             messages=messages,
@@ -457,12 +478,39 @@ def _prepared(
     return PreparedGeneration(generation, choice)
 
 
+def _cost_fill(generation: Generation) -> None:
+    """Set cost_usd from the row's tokens (unless already set, e.g. a cache hit). A failed
+    or cancelled call that the upstream had started answering costs its prompt and the
+    output it produced; one that never got an answer costs nothing."""
+    if generation.cost_usd is not None:
+        return
+    if generation.status != Generation.Status.COMPLETED and generation.ttft_ms is not None:
+        if generation.prompt_tokens is None:
+            generation.prompt_tokens = _prompt_estimate(generation)
+        if generation.completion_tokens is None:
+            generation.completion_tokens = count_tokens(
+                (generation.output_text or "")
+                + "".join(message_text({"tool_calls": [c]}) for c in generation.tool_calls or [])
+            )
+    generation.cost_usd = generation_cost(
+        generation.model,
+        generation.prompt_tokens,
+        generation.completion_tokens,
+        generation.cached_prompt_tokens,
+    )
+
+
 def _finish(generation: Generation, status: str, **fields: Any) -> None:
     generation.status = status
     generation.finished_at = timezone.now()
     for name, value in fields.items():
         setattr(generation, name, value)
+    _cost_fill(generation)
     generation.save()
+    hold = getattr(generation, "budget_hold", None)
+    if hold is not None:
+        generation.budget_hold = None
+        budget_settle(hold, generation.cost_usd)
     slot = getattr(generation, "stream_slot", None)
     if slot is not None:
         streams_release(api_key_id=generation.api_key_id, stream_id=slot)
@@ -786,6 +834,7 @@ async def _run(
                 "status": exc.status,
                 "retry_after": exc.retry_after,
                 "generation_id": generation.pk,
+                "cost_usd": float(generation.cost_usd or 0),
             },
         )
         return
@@ -830,6 +879,7 @@ async def _run(
                 "code": "internal_error",
                 "status": 500,
                 "generation_id": generation.pk,
+                "cost_usd": float(generation.cost_usd or 0),
             },
         )
         return
@@ -843,6 +893,7 @@ async def _run(
         completion_tokens = count_tokens(
             text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
         )
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     await _settle(state)
     await db_retry(
         _finish,
@@ -853,6 +904,7 @@ async def _run(
         finish_reason=finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        cached_prompt_tokens=cached,
         attempts=attempts,
         duration_ms=(time.monotonic() - started) * 1000,
     )
@@ -864,6 +916,7 @@ async def _run(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+        "cost_usd": float(generation.cost_usd),
     }
     if tool_calls:
         end["tool_calls"] = tool_calls
