@@ -1,7 +1,7 @@
 import psycopg
-from psycopg import sql
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from psycopg import sql
 
 
 class Command(BaseCommand):
