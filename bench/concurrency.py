@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -258,6 +259,7 @@ def seed(gateway: Gateway, args) -> str:
 
 def main_processes(args) -> None:
     """1 process, then N, behind gunicorn on PostgreSQL + Redis, in one run."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still stop servers, drop the DB
     database = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     redis = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     out = io.StringIO()

@@ -25,6 +25,8 @@ timeout = 30
 # SIGTERM: workers stop accepting and finish in-flight streams for this long.
 graceful_timeout = 30
 keepalive = 5
+# The project's LOG_LEVEL: at INFO, uvicorn logs every connection (WebSocket open/close).
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 # Hundreds of clients connecting at once (bench/concurrency.py) need more than 2048.
 backlog = 4096
 # No gunicornc control socket: one fixed path per user would collide between deployments
