@@ -8,6 +8,7 @@ cancelled with its partial text and ends the client's stream with finish_reason
 """
 
 import logging
+import time
 
 from django.conf import settings
 from django.core.cache import cache
@@ -41,10 +42,20 @@ def generation_cancel_request(*, generation: Generation) -> Generation:
     return generation
 
 
+# After a cache failure, cancel flags are not read for this long: a stalled Redis must not
+# cost every checkpoint (they share the process's sync thread) its timeout.
+CACHE_RETRY_SECONDS = 5.0
+_cache_down_until = 0.0
+
+
 def generation_cancel_requested(pk: int) -> bool:
     """Whether a cancel was asked for (False while the cache is unreachable)."""
+    global _cache_down_until
+    if time.monotonic() < _cache_down_until:
+        return False
     try:
         return cache.get(_key(pk)) is not None
     except Exception:  # noqa: BLE001 - a broken cache must not break a stream
-        logger.warning("Cache unavailable: cancel flag of generation %s not read", pk)
+        _cache_down_until = time.monotonic() + CACHE_RETRY_SECONDS
+        logger.warning("Cache unavailable: cancel flags not read for %.0f s", CACHE_RETRY_SECONDS)
         return False

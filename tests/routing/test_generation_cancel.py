@@ -87,3 +87,19 @@ async def test_someone_elses_generation_is_a_404(async_client, api_key):
     )
     assert response.status_code == 404
     assert cache.get(f"generation-cancel:{generation.pk}") is None
+
+
+def test_a_broken_cache_is_not_asked_again_for_a_while(monkeypatch):
+    from routing.services import cancel
+
+    calls = []
+
+    def broken(key):
+        calls.append(key)
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr(cancel, "_cache_down_until", 0.0)
+    monkeypatch.setattr(cancel.cache, "get", broken)
+    assert cancel.generation_cancel_requested(1) is False
+    assert cancel.generation_cancel_requested(2) is False
+    assert calls == ["generation-cancel:1"]  # the second read skipped the cache
