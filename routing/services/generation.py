@@ -758,6 +758,7 @@ async def _run(
                 break
             except CancelRequested:
                 state["finish_reason"] = "cancelled"
+                state["cancel_requested"] = True
                 break
             except ProviderError as exc:
                 if (
@@ -857,7 +858,7 @@ async def _run(
         completion_tokens = count_tokens(
             text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
         )
-    cancelled = finish_reason == "cancelled"
+    cancelled = bool(state.get("cancel_requested"))
     await _settle(state)
     await db_retry(
         _finish,
