@@ -9,7 +9,7 @@ PROD_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/tok
 PROD_REDIS_URL := $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve serve-prod test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard bench-limits clean
+.PHONY: install assets serve serve-prod test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-processes bench-local bench-dashboard bench-limits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ bench-overhead: assets
 
 bench-concurrency: assets
 	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+# 1 process against 2 behind one port (gunicorn, PostgreSQL + Redis); writes its own file.
+bench-processes: assets
+	$(PY) bench/concurrency.py --processes 2 --out bench/results/concurrency_processes.txt
 
 bench-dashboard: install
 	$(PY) bench/dashboard.py --out bench/results/dashboard.txt

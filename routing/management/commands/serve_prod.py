@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ class Command(BaseCommand):
         env = {**os.environ}
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.VAR_DIR / "prometheus"))
         supervisor = Supervisor(web, sidecars, env, cwd=settings.BASE_DIR, log=self.stderr.write)
-        supervisor.run()
+        supervisor.run(listening=(host, int(port)))
 
 
 class Supervisor:
@@ -80,10 +81,19 @@ class Supervisor:
     def _stop(self, *_):
         self.stopping = True
 
-    def run(self) -> None:
+    def run(self, *, listening: tuple[str, int]) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         web = self._start(self.web_command)
+        # Sidecars start once gunicorn listens: its on_starting hook (which empties the
+        # metrics directory) has run by then, so it cannot delete a sidecar's files.
+        deadline = time.monotonic() + 60
+        while web.poll() is None and not self.stopping and time.monotonic() < deadline:
+            try:
+                socket.create_connection(listening, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         sidecars = [self._start(command) for command in self.sidecar_commands]
         try:
             while not self.stopping and web.poll() is None:
