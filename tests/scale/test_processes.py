@@ -10,6 +10,7 @@ import signal
 import time
 
 import httpx
+import psutil
 import websockets
 
 from accounts.models import ApiKey
@@ -232,3 +233,23 @@ def test_a_killed_worker_is_replaced_and_its_streams_closed(stack):
     assert result.names[-1] == "end_stream", result
     # The dead worker's in-flight streams left the gauge (gunicorn's child_exit hook).
     assert metric(get(stack, "/metrics").text, "tokenflow_streams_in_flight") == 0
+
+
+def test_a_sidecar_that_dies_is_restarted(stack):
+    def batch_workers() -> list[int]:
+        pids = []
+        for child in psutil.Process(stack.process.pid).children():
+            try:
+                if "batch_worker" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.ZombieProcess:  # killed, not reaped yet
+                pass
+        return pids
+
+    (worker,) = batch_workers()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while batch_workers() in ([], [worker]):
+        assert time.monotonic() < deadline, "the batch worker was not restarted"
+        time.sleep(0.2)
+    assert worker not in batch_workers() and len(batch_workers()) == 1
