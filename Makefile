@@ -4,9 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8000
+# make serve-prod: PostgreSQL + Redis (local defaults; override with the environment).
+PROD_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/tokenflow)
+PROD_REDIS_URL := $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard bench-limits clean
+.PHONY: install assets serve serve-prod test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-processes bench-local bench-dashboard bench-limits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,15 @@ serve: assets
 	$(PY) manage.py bootstrap_local
 	$(PY) manage.py sweep_generations
 	$(PY) manage.py runserver_all --port $(PORT)
+
+# N web processes behind one port (gunicorn + uvicorn workers; WEB_CONCURRENCY, default 2),
+# BATCH_WORKERS batch workers (default 1) and the sweeper, on PostgreSQL + Redis.
+serve-prod: assets
+	DATABASE_URL=$(PROD_DATABASE_URL) $(PY) manage.py create_database
+	DATABASE_URL=$(PROD_DATABASE_URL) REDIS_URL=$(PROD_REDIS_URL) $(PY) manage.py migrate --noinput
+	DATABASE_URL=$(PROD_DATABASE_URL) REDIS_URL=$(PROD_REDIS_URL) $(PY) manage.py bootstrap_local
+	DATABASE_URL=$(PROD_DATABASE_URL) REDIS_URL=$(PROD_REDIS_URL) $(PY) manage.py sweep_generations
+	DATABASE_URL=$(PROD_DATABASE_URL) REDIS_URL=$(PROD_REDIS_URL) $(PY) manage.py serve_prod --port $(PORT)
 
 test: assets
 	$(PY) -m pytest -q --reruns 2 --reruns-delay 1 $(PYTEST_ARGS)
@@ -68,6 +80,10 @@ bench-overhead: assets
 
 bench-concurrency: assets
 	$(PY) bench/concurrency.py | tee bench/results/concurrency.txt
+
+# 1 process against 2 behind one port (gunicorn, PostgreSQL + Redis); writes its own file.
+bench-processes: assets
+	$(PY) bench/concurrency.py --processes 2 --out bench/results/concurrency_processes.txt
 
 bench-dashboard: install
 	$(PY) bench/dashboard.py --out bench/results/dashboard.txt

@@ -8,7 +8,7 @@ from routing.views.classify import (
 )
 from routing.views.embeddings import EmbeddingDetail, EmbeddingList
 from routing.views.generate import generate, models_select
-from routing.views.generations import GenerationDetail, GenerationList
+from routing.views.generations import GenerationCancel, GenerationDetail, GenerationList
 from routing.views.rankings import ModelRankingList
 from routing.views.usage import UsageView
 
@@ -27,6 +27,7 @@ urlpatterns = [
     path("generations", GenerationList.as_view(), name="generation-list"),
     path("generations/<int:pk>", GenerationDetail.as_view(), name="generation-detail"),
     path("usage", UsageView.as_view(), name="usage"),
+    path("generations/<int:pk>/cancel", GenerationCancel.as_view(), name="generation-cancel"),
     path("embeddings", EmbeddingList.as_view(), name="embedding-list"),
     path("embeddings/<int:pk>", EmbeddingDetail.as_view(), name="embedding-detail"),
 ]

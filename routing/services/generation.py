@@ -33,6 +33,7 @@ from routing.messages import capabilities_needed, message_text
 from routing.models import Classification, Generation, ModelRanking, Prompt
 from routing.providers.base import ChatRequest, ProviderError, tool_call_merge
 from routing.providers.registry import provider_for
+from routing.services.cancel import CancelRequested, generation_cancel_requested
 from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
 from routing.services.retry import backoff_delay
 from routing.services.selection import model_select, prompt_text
@@ -691,6 +692,14 @@ def _checkpoint_maybe(generation: Generation, parts: list[str], state: dict[str,
     pending = state.get("checkpoint")
     if pending is not None and not pending.done():
         return
+    # The last checkpoint saw a cancel request from some process (routing.services.cancel).
+    if (
+        pending is not None
+        and not pending.cancelled()
+        and not pending.exception()
+        and pending.result()
+    ):
+        raise CancelRequested
     now = time.monotonic()
     if now - state.get("checkpoint_at", now) < settings.TOKENFLOW_CHECKPOINT_SECONDS:
         return
@@ -700,14 +709,16 @@ def _checkpoint_maybe(generation: Generation, parts: list[str], state: dict[str,
     )
 
 
-def _checkpoint(pk: int, text: str) -> None:
-    """Best effort: a missed checkpoint costs a few seconds of text if the process dies."""
+def _checkpoint(pk: int, text: str) -> bool:
+    """Best effort: a missed checkpoint costs a few seconds of text if the process dies.
+    Returns whether a cancel was requested from any process (routing.services.cancel)."""
     try:
         Generation.objects.filter(pk=pk, status=Generation.Status.STREAMING).update(
             output_text=text, heartbeat_at=timezone.now()
         )
     except UNREACHABLE as exc:
         logger.warning("Checkpoint of generation %s skipped: %s", pk, exc)
+    return generation_cancel_requested(pk)
 
 
 async def _settle(state: dict[str, Any]) -> None:
@@ -792,6 +803,10 @@ async def _run(
                     generation, model, extra or {}, attempts, parts, state
                 ):
                     yield event
+                break
+            except CancelRequested:
+                state["finish_reason"] = "cancelled"
+                state["cancel_requested"] = True
                 break
             except ProviderError as exc:
                 if (
@@ -894,11 +909,14 @@ async def _run(
             text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
         )
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    cancelled = bool(state.get("cancel_requested"))
     await _settle(state)
     await db_retry(
         _finish,
         generation,
-        Generation.Status.COMPLETED,
+        Generation.Status.CANCELLED if cancelled else Generation.Status.COMPLETED,
+        error_code="cancelled" if cancelled else "",
+        error_message="Cancelled by a cancel request." if cancelled else "",
         output_text=text,
         tool_calls=tool_calls,
         finish_reason=finish_reason,

@@ -2,9 +2,10 @@
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from accounts.middleware import request_authorize
+from routing.metrics import metrics_exposition
 from tokenflow_site.errors import ApiError, error_response
 
 
@@ -16,4 +17,4 @@ def metrics(request: HttpRequest) -> HttpResponse:
             request_authorize(request)
         except ApiError as exc:
             return error_response(exc)
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)
