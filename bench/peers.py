@@ -266,14 +266,15 @@ def main() -> None:
     litellm_install()
     version = litellm_version()
     mock, upstream = start_mock_upstream(args.chunks, args.gap, port=ports[0])
+    # One key opens all C streams: lift the per-key cap on open streams (64 by default).
+    env = {"TOKENFLOW_MAX_STREAMS_PER_KEY": "0"}
     servers = {}
     if args.baseline:
-        servers[f"tokenflow-{args.baseline}"] = Gateway(
-            baseline_export(args.baseline), port=ports[4]
-        )
-    servers["tokenflow-daphne"] = Gateway(port=ports[1])
+        root = baseline_export(args.baseline)
+        servers[f"tokenflow-{args.baseline}"] = Gateway(root, port=ports[4], **env)
+    servers["tokenflow-daphne"] = Gateway(port=ports[1], **env)
     if not args.no_uvicorn:
-        servers["tokenflow-uvicorn"] = Gateway(server="uvicorn", port=ports[2])
+        servers["tokenflow-uvicorn"] = Gateway(server="uvicorn", port=ports[2], **env)
     litellm = LiteLLM(upstream, port=ports[3])
     try:
         targets = {"direct": (f"{upstream}/chat/completions", "none", "bench")}
