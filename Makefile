@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-local bench-dashboard bench-limits clean
+.PHONY: install assets serve test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-peers bench-concurrency bench-local bench-dashboard bench-limits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-compression: assets
 
 bench-batches: install
 	$(PY) bench/batches.py
+
+# Direct vs TokenFlow (daphne, uvicorn) vs the LiteLLM proxy (own venv under var/, from PyPI).
+bench-peers: install
+	$(PY) bench/peers.py
 
 bench-overhead: assets
 	$(PY) bench/gateway_overhead.py | tee bench/results/gateway_overhead.txt
