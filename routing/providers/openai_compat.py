@@ -278,6 +278,9 @@ def chunk_from_event(event: Any) -> Chunk | None:
             "prompt_tokens": raw_usage.get("prompt_tokens"),
             "completion_tokens": raw_usage.get("completion_tokens"),
         }
+        details = raw_usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens"):
+            usage["prompt_tokens_details"] = {"cached_tokens": details["cached_tokens"]}
     choices = event.get("choices")
     if not choices:
         return Chunk(usage=usage) if usage else None
