@@ -164,7 +164,8 @@ def _chunk(
 
 
 def _sse(data: Any) -> bytes:
-    """One `data:` event; orjson (UTF-8, compact) is ~8x faster than json.dumps per chunk (1 us vs 7.5)."""
+    """One `data:` event. orjson (UTF-8, compact): ~1 us per chunk against 7.5 us with
+    json.dumps."""
     payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
     return b"data: " + payload + b"\n\n"
 
