@@ -9,7 +9,7 @@ PROD_DATABASE_URL := $(or $(DATABASE_URL),postgres://postgres@127.0.0.1:5432/tok
 PROD_REDIS_URL := $(or $(REDIS_URL),redis://127.0.0.1:6379/0)
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets serve serve-prod test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-concurrency bench-processes bench-local bench-dashboard bench-limits clean
+.PHONY: install assets serve serve-prod test test-fast lint format bench bench-fanout bench-classify bench-batches bench-compression bench-overhead bench-peers bench-concurrency bench-processes bench-local bench-dashboard bench-limits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench-compression: assets
 
 bench-batches: install
 	$(PY) bench/batches.py
+
+# Direct vs TokenFlow (daphne, uvicorn) vs the LiteLLM proxy (own venv under var/, from PyPI).
+bench-peers: install
+	$(PY) bench/peers.py
 
 bench-overhead: assets
 	$(PY) bench/gateway_overhead.py | tee bench/results/gateway_overhead.txt

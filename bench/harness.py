@@ -49,18 +49,31 @@ def wait_http(url: str, process: subprocess.Popen | None = None, timeout: float 
 
 
 class Gateway:
-    """A fresh TokenFlow: temp SQLite DB, migrated, seeded by `setup(django)`, served by daphne.
+    """A fresh TokenFlow: temp SQLite DB, migrated, seeded by `setup(django)`, served by daphne
+    (or `server="uvicorn"`: uvicorn with uvloop and httptools, same ASGI app).
 
     `root` is the checkout whose manage.py and ASGI app run (default: this repository), so a
     bench can serve another revision (a `git worktree`) with the same venv side by side."""
 
-    def __init__(self, root: str | Path | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        server: str = "daphne",
+        port: int | None = None,
+        **env: str,
+    ) -> None:
         self.root = Path(root) if root is not None else ROOT
+        self.server = server
         self.dir = tempfile.mkdtemp(prefix="tokenflow-bench-")
         self.env = {
             **os.environ,
             # The embedded default (SQLite in WAL mode) under a throwaway var/ directory.
             "TOKENFLOW_VAR_DIR": self.dir,
+            # ...but the checkout's prepared assets (tiktoken files, models): offline.
+            "TOKENFLOW_MODEL_DIR": os.environ.get(
+                "TOKENFLOW_MODEL_DIR", str(ROOT / "var" / "models")
+            ),
             "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
             "LOG_LEVEL": "WARNING",
             # The benches' mock upstreams listen on loopback.
@@ -69,7 +82,7 @@ class Gateway:
         }
         self.env.pop("REDIS_URL", None)
         self.env.pop("DATABASE_URL", None)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -84,18 +97,7 @@ class Gateway:
     def start(self) -> "Gateway":
         self.manage("migrate", "--noinput")
         self.process = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "daphne",
-                # A deep accept backlog: hundreds of clients connect at once.
-                "-e",
-                f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
-                # Handshakes queue behind hundreds of others: daphne's 5 s default is short.
-                "--websocket_connect_timeout",
-                "60",
-                "tokenflow_site.asgi:application",
-            ],
+            self.command(),
             cwd=self.root,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -103,6 +105,40 @@ class Gateway:
         )
         wait_http(f"{self.url}/healthz", self.process)
         return self
+
+    def command(self) -> list[str]:
+        if self.server == "uvicorn":
+            return [
+                PY,
+                "-m",
+                "uvicorn",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--backlog",
+                "2048",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "tokenflow_site.asgi:application",
+            ]
+        return [
+            PY,
+            "-m",
+            "daphne",
+            # A deep accept backlog: hundreds of clients connect at once.
+            "-e",
+            f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048",
+            # Handshakes queue behind hundreds of others: daphne's 5 s default is short.
+            "--websocket_connect_timeout",
+            "60",
+            "tokenflow_site.asgi:application",
+        ]
 
     def api_key(self) -> str:
         return self.shell(
@@ -119,8 +155,10 @@ class Gateway:
                 self.process.wait()
 
 
-def start_mock_upstream(chunks: int, gap: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_mock_upstream(
+    chunks: int, gap: float, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     process = subprocess.Popen(
         [
             PY,

@@ -3,7 +3,8 @@
 In one process (same weights, same thread count): raw greedy `generate`, then the local
 provider's stream (worker thread + queue + per-token decode), then 4 concurrent requests
 (aggregate tokens/s) one at a time (TOKENFLOW_LOCAL_CONCURRENCY=1) and batched into one
-forward pass (=4). And one stream through a daphne process over SSE, interleaved with the
+forward pass (=4). And one stream through a server process (uvicorn as `make serve`, or
+--server daphne) over SSE, interleaved with the
 in-process runs so machine noise hits all alike; server and bench use the same
 TOKENFLOW_LOCAL_THREADS (--threads), and the bench's CPU while it waits on daphne is printed
 (it must be ~0: only one process computes at a time).
@@ -90,10 +91,10 @@ def daphne_stream(gateway, key: str, tokens: int) -> tuple[float, float, float]:
     )
 
 
-def start_gateway(threads: str):
+def start_gateway(threads: str, server: str = "uvicorn"):
     from bench.harness import Gateway
 
-    gateway = Gateway(TOKENFLOW_LOCAL_THREADS=threads)
+    gateway = Gateway(server=server, TOKENFLOW_LOCAL_THREADS=threads)
     gateway.manage("migrate", "--noinput")
     gateway.shell(
         "from routing.models import ModelRanking; ModelRanking.objects.create("
@@ -114,6 +115,9 @@ def main() -> None:
         default=os.environ.get("TOKENFLOW_LOCAL_THREADS", "auto"),
         help="TOKENFLOW_LOCAL_THREADS for the server and this process (auto, 0 = torch default)",
     )
+    parser.add_argument(
+        "--server", choices=("uvicorn", "daphne"), default="uvicorn", help="make serve's: uvicorn"
+    )
     args = parser.parse_args()
     os.environ["TOKENFLOW_LOCAL_THREADS"] = args.threads  # before settings are read
     import django
@@ -122,7 +126,7 @@ def main() -> None:
     import torch
     from django.conf import settings
 
-    gateway, key = start_gateway(args.threads)
+    gateway, key = start_gateway(args.threads, args.server)
     try:
         raw_generate(8)  # load + warm up
         raw, streamed, served, served_decode, bench_cpu = [], [], [], [], []
@@ -144,19 +148,19 @@ def main() -> None:
     print(
         f"local model: SmolLM2-135M fp32, greedy, {args.tokens} new tokens, "
         f"TOKENFLOW_LOCAL_THREADS={args.threads} (torch threads {torch.get_num_threads()}), "
-        f"median of {args.runs}"
+        f"median of {args.runs}, served by {args.server}"
     )
     print(f"  raw model.generate         : {raw:6.1f} tokens/s")
     print(f"  local provider stream      : {streamed:6.1f} tokens/s")
     print(f"  4 concurrent, one at a time: {one_at_a_time:6.1f} tokens/s aggregate")
     print(f"  4 concurrent, batched      : {batched:6.1f} tokens/s aggregate")
-    print(f"  through daphne (SSE)       : {served:6.1f} tokens/s (incl. HTTP, DB, prefill)")
+    print(f"  through the server (SSE)   : {served:6.1f} tokens/s (incl. HTTP, DB, prefill)")
     print(
         f"    after the first token    : {statistics.median(served_decode):6.1f} tokens/s; "
         f"bench CPU while waiting {max(bench_cpu):.2f} cores"
     )
     print(
-        f"  ratio provider/raw {streamed / raw:.2f}, daphne/raw {served / raw:.2f}, "
+        f"  ratio provider/raw {streamed / raw:.2f}, {args.server}/raw {served / raw:.2f}, "
         f"batched/one-at-a-time {batched / one_at_a_time:.2f}"
     )
 

@@ -144,6 +144,9 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "tokenflow.sqlite3",
             "OPTIONS": SQLITE_OPTIONS,
+            # Keep each thread's connection (the default 0 reconnects and re-runs the
+            # PRAGMAs on every request: ~1.5 ms of a streamed request's time to first token).
+            "CONN_MAX_AGE": 600,
             # A file (not :memory:) so live-server threads and worker processes share it.
             "TEST": {
                 "NAME": str(

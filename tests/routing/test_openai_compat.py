@@ -175,3 +175,58 @@ async def test_upstream_401_never_shows_the_provider_key_to_clients(upstream):
     assert row.error_message == "The upstream provider refused the gateway's credentials."
     assert "sk-" not in row.error_detail and "Incorrect API key provided" in row.error_detail
     assert row.attempts and all("sk-" not in attempt["error"] for attempt in row.attempts)
+
+
+def test_chunk_from_event_reads_the_raw_json():
+    """Chunks are read from the upstream's JSON as is (no SDK model): text, finish, usage with
+    cached tokens, tool-call and logprob deltas without their nulls, empty deltas skipped."""
+    from routing.providers.openai_compat import chunk_from_event
+
+    text = chunk_from_event(
+        {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    )
+    assert (text.text, text.finish_reason, text.tool_calls, text.usage) == ("hi", None, None, None)
+    assert chunk_from_event({"choices": [{"delta": {"role": "assistant"}}]}) is None
+    assert chunk_from_event({"choices": [], "usage": None}) is None
+    assert chunk_from_event("not an object") is None
+    end = chunk_from_event({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    assert (end.text, end.finish_reason) == ("", "stop")
+    usage = chunk_from_event(
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 3,
+                "total_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        }
+    )
+    assert usage.usage == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    call = {
+        "index": 0,
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": None},
+    }
+    logprob = {"token": "hi", "logprob": -0.1, "bytes": None, "top_logprobs": []}
+    delta = chunk_from_event(
+        {
+            "choices": [
+                {
+                    "delta": {"content": None, "tool_calls": [call]},
+                    "logprobs": {"content": [logprob]},
+                    "finish_reason": None,
+                }
+            ]
+        }
+    )
+    assert delta.tool_calls == [
+        {"index": 0, "id": "c1", "type": "function", "function": {"name": "f"}}
+    ]
+    assert delta.logprobs == [{"token": "hi", "logprob": -0.1, "top_logprobs": []}]
+    assert delta.text == ""
