@@ -401,7 +401,7 @@ TOKENFLOW_CACHE_TTL = max(1, int(os.environ.get("TOKENFLOW_CACHE_TTL", 86_400)))
 # Semantic hits: MiniLM similarity of the last user message (same model, parameters and
 # earlier messages); per-model override ModelRanking.cache_similarity_threshold.
 TOKENFLOW_CACHE_SEMANTIC = env_bool("TOKENFLOW_CACHE_SEMANTIC", True)
-TOKENFLOW_CACHE_SIMILARITY = float(os.environ.get("TOKENFLOW_CACHE_SIMILARITY", 0.9))
+TOKENFLOW_CACHE_SIMILARITY = float(os.environ.get("TOKENFLOW_CACHE_SIMILARITY", 0.89))
 # Semantic hits also need the same numbers, capitalised names and negation.
 TOKENFLOW_CACHE_GUARD = env_bool("TOKENFLOW_CACHE_GUARD", True)
 
