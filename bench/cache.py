@@ -33,6 +33,7 @@ from bench.harness import Gateway, pct, summary  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = ROOT / "bench" / "data" / "cache_pairs.jsonl"
 RESULTS = ROOT / "bench" / "results" / "cache.txt"
+MODELS = ROOT / "var" / "models"
 GRID = [round(0.70 + 0.005 * i, 3) for i in range(60)]  # 0.700 .. 0.995
 TUNE_PRECISION = 0.99
 
@@ -170,7 +171,16 @@ async def measure(rounds: int, url: str, key: str, model: str) -> dict[str, list
 
 
 def latency(args, lines: list[str]) -> None:
-    gateway = Gateway()
+    # The seeded tiktoken files (`make prepare`) live in the checkout's model directory.
+    # One torch thread: on a shared 2-core box a 2-thread MiniLM pass of a short prompt
+    # takes ~450 ms p50 under load (OpenMP threads wait on descheduled ones), 1 thread ~50 ms.
+    gateway = Gateway(
+        TOKENFLOW_MODEL_DIR=os.environ.get("TOKENFLOW_MODEL_DIR", str(MODELS)),
+        TOKENFLOW_CLASSIFIER_THREADS=str(args.torch_threads),
+    )
+    gateway.prepare = gateway.shell(
+        "from tokenflow_site.assets import prepare_tiktoken; prepare_tiktoken()"
+    )
     gateway.port = args.port
     gateway.url = f"http://127.0.0.1:{args.port}"
     try:
@@ -189,7 +199,7 @@ def latency(args, lines: list[str]) -> None:
         gateway.stop()
     lines.append(
         f"latency: {args.rounds} interleaved rounds through daphne (SQLite, mock model with "
-        "zero latency), SSE /api/generate"
+        f"zero latency), SSE /api/generate, TOKENFLOW_CLASSIFIER_THREADS={args.torch_threads}"
     )
     for metric, index in (("TTFT ms", 0), ("total ms", 1)):
         for name, values in results.items():
@@ -210,6 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--port", type=int, default=18400)
+    parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()

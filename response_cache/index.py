@@ -22,6 +22,7 @@ from response_cache.guard import Features, compatible, features
 MAX_SCOPES = 1024  # scopes kept per process (LRU)
 MAX_SCOPE_ENTRIES = 5000  # newest entries of one scope kept per process
 DIMENSIONS = 384  # all-MiniLM-L6-v2
+MAX_GUARD_CHECKS = 2000  # guard checks (~1-5 us each) before a lookup just embeds
 
 
 @dataclass
@@ -99,6 +100,19 @@ class ScopeIndex:
         return found
 
 
+def _epoch(value) -> float:
+    """A DATETIME column as a timestamp (SQLite's driver may hand back a string)."""
+    from django.utils.dateparse import parse_datetime
+
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value.tzinfo is None:
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
 class SemanticIndex:
     """Scope key -> ScopeIndex, shared by the process's threads."""
 
@@ -118,22 +132,49 @@ class SemanticIndex:
 
     def refresh(self, key: str) -> ScopeIndex:
         """The scope with every live row the database has beyond what the index holds."""
+        from django.db import connection
+        from django.utils import timezone
+
         from response_cache.models import CacheEntry
 
         scope = self.scope(key)
-        rows = list(
-            CacheEntry.objects.live()
-            .filter(scope_key=key, id__gt=scope.last_id, embedding__isnull=False)
-            .order_by("-id")
-            .values_list("id", "api_key_id", "expires_at", "embedding", "query_text")[
-                :MAX_SCOPE_ENTRIES
-            ]
+        # Hand-written: it runs on every lookup, where compiling the ORM query would cost
+        # more than the (usually empty) answer.
+        sql = (
+            "SELECT id, api_key_id, expires_at, embedding, query_text FROM "
+            f"{CacheEntry._meta.db_table} WHERE scope_key = %s AND id > %s AND expires_at > %s "
+            f"AND embedding IS NOT NULL ORDER BY id DESC LIMIT {MAX_SCOPE_ENTRIES}"
         )
+        with connection.cursor() as cursor:
+            now = connection.ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(sql, [key, scope.last_id, now])
+            rows = cursor.fetchall()
         if rows:
             with self._lock:
                 fresh = [r for r in reversed(rows) if r[0] > scope.last_id]
-                scope.add([(i, k, e.timestamp(), bytes(b), t) for i, k, e, b, t in fresh])
+                scope.add([(i, k, _epoch(e), bytes(b), t) for i, k, e, b, t in fresh])
         return scope
+
+    def may_match(
+        self, key: str, *, api_key_id: int | None, shared: bool, guard: Features | None
+    ) -> bool:
+        """Whether any live entry of the scope (this key's, unless shared) passes the guard:
+        if none does, no similarity can make a hit and the lookup needs no embedding."""
+        now = time.time()
+        with self._lock:
+            scope = self._scopes.get(key)
+            if scope is None:
+                return False
+            for checked, row in enumerate(range(len(scope.ids) - 1, -1, -1)):  # newest first
+                if checked >= MAX_GUARD_CHECKS:
+                    return True  # a large scope: embedding costs less than checking on
+                if scope.expires[row] <= now:
+                    continue
+                if not shared and scope.api_keys[row] != api_key_id:
+                    continue
+                if guard is None or compatible(guard, scope.features[row]):
+                    return True
+        return False
 
     def search(self, key: str, vector: np.ndarray, **options) -> list[Candidate]:
         with self._lock:

@@ -17,7 +17,7 @@ class CacheEntry(models.Model):
     its `scope_key` (model, parameters, options, earlier messages), by the similarity of its
     last user message's MiniLM `embedding`. Entries belong to the API key that made them."""
 
-    exact_key = models.CharField(max_length=64, db_index=True)
+    exact_key = models.CharField(max_length=64)
     scope_key = models.CharField(max_length=64)
     api_key = models.ForeignKey(
         "accounts.ApiKey",
@@ -56,7 +56,10 @@ class CacheEntry(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "cache entries"
-        indexes = [models.Index(fields=["scope_key", "id"], name="cache_scope_id")]
+        indexes = [
+            models.Index(fields=["scope_key", "id"], name="cache_scope_id"),
+            models.Index(fields=["exact_key", "api_key"], name="cache_exact_key"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model_name}: {self.query_text[:60] or self.exact_key[:12]}"

@@ -1,11 +1,15 @@
 """The response cache: which requests it serves, how they are keyed, lookup and storage.
 
 routing.services.generation calls it at one place for every transport:
-`cache_plan` (from the validated request, no I/O) -> `cache_start` (the MiniLM embedding
-of the last user message, in a worker thread, concurrently with the model choice and the
-Generation insert) -> `cache_probe` (in the same database hop as the insert: exact lookup
-and semantic index refresh) -> `cache_resolve` (semantic search once the vector is ready)
--> on a completed miss `cache_store` (the same vector, not computed twice).
+`cache_plan` (from the validated request, no I/O) -> `cache_probe` (in the same database
+hop as the Generation insert: the exact lookup, the semantic index refresh and the lexical
+guard against the scope's entries) -> `cache_resolve` (after an exact miss: the MiniLM
+embedding of the last user message starts in a worker thread; it is awaited now only if
+some entry of the scope passes the guard, else it runs on while the model streams) -> on
+a completed miss `cache_store` (the same vector, not computed twice).
+
+So an exact hit never embeds, and a miss waits for the embedding only when a semantic
+hit is possible.
 """
 
 import asyncio
@@ -20,10 +24,11 @@ from typing import Any
 import numpy as np
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from response_cache.guard import features
+from response_cache.guard import Features, features
 from response_cache.index import semantic_index
 from response_cache.models import CacheEntry
 from routing.models import CacheResult, Generation, ModelRanking
@@ -59,6 +64,8 @@ class CachePlan:
     shared: bool = False
     api_key_id: int | None = None
     model: ModelRanking | None = None
+    guard: Features | None = None
+    maybe_semantic: bool = False  # an entry of the scope passes the guard
     entry: CacheEntry | None = None  # the hit
     result: str = CacheResult.MISS
     similarity: float | None = None
@@ -129,9 +136,9 @@ def query_vector(text: str) -> np.ndarray | None:
 
 
 def cache_start(plan: CachePlan) -> None:
-    """Start embedding the query in a worker thread (it overlaps the model choice and the
-    database insert that follow; it is awaited only on a miss of the exact key)."""
-    if plan.query_text is not None:
+    """Start embedding the query in a worker thread (awaited for a semantic lookup, or
+    when the answer is stored)."""
+    if plan.query_text is not None and plan.vector_task is None:
         plan.vector_task = asyncio.ensure_future(
             sync_to_async(query_vector, thread_sensitive=False)(plan.query_text)
         )
@@ -153,11 +160,48 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
     plan.scope_key = _digest(plan.material(model, plan.messages[:-1]))
     generation.cache = CacheResult.MISS
     generation.cache_plan = plan
-    entry = _scoped(CacheEntry.objects.live().filter(exact_key=plan.exact_key), plan).first()
+    entry = _exact_lookup(plan)
     if entry is not None:
         _hit(plan, generation, entry, CacheResult.EXACT, None)
     elif plan.query_text is not None:
         semantic_index.refresh(plan.scope_key)
+        plan.guard = features(plan.query_text) if settings.TOKENFLOW_CACHE_GUARD else None
+        plan.maybe_semantic = semantic_index.may_match(
+            plan.scope_key, api_key_id=plan.api_key_id, shared=plan.shared, guard=plan.guard
+        )
+
+
+EXACT_SQL = (
+    "SELECT id, response_text, finish_reason, prompt_tokens, completion_tokens, "
+    "generation_id, api_key_id, expires_at FROM {table} WHERE exact_key = %s "
+    "AND expires_at > %s{scope} ORDER BY id DESC LIMIT 1"
+)
+
+
+def _exact_lookup(plan: CachePlan) -> CacheEntry | None:
+    """The newest live entry with the request's exact key (the key's own, unless shared).
+    One hand-written query: the ORM's compilation of the same SELECT costs more than
+    running it, and this runs on every cacheable request."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params: list[Any] = [plan.exact_key, now]
+    scope = ""
+    if not plan.shared:
+        if plan.api_key_id is None:
+            scope = " AND api_key_id IS NULL"
+        else:
+            scope, params = " AND api_key_id = %s", [*params, plan.api_key_id]
+    sql = EXACT_SQL.format(table=CacheEntry._meta.db_table, scope=scope)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    names = ["id", "response_text", "finish_reason", "prompt_tokens", "completion_tokens"]
+    names += ["generation_id", "api_key_id"]
+    entry = CacheEntry(**dict(zip(names, row[:-1], strict=True)), exact_key=plan.exact_key)
+    entry.model = plan.model  # the exact key names the model
+    entry._state.adding, entry._state.db = False, connection.alias
+    return entry
 
 
 def _scoped(queryset, plan: CachePlan):
@@ -180,17 +224,19 @@ async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
     the model shares its cache) at or above the threshold that passes the guard."""
     if plan.entry is not None or plan.query_text is None:
         return
+    cache_start(plan)
+    if not plan.maybe_semantic:
+        return
     vector = await plan.vector()
     if vector is None:
         return
-    guard = features(plan.query_text) if settings.TOKENFLOW_CACHE_GUARD else None
     candidates = semantic_index.search(
         plan.scope_key,
         vector,
         threshold=plan.threshold,
         api_key_id=plan.api_key_id,
         shared=plan.shared,
-        guard=guard,
+        guard=plan.guard,
     )
     if candidates:
         await sync_to_async(_semantic_fetch)(plan, generation, candidates)

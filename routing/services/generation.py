@@ -36,7 +36,6 @@ from response_cache.services import (
     cache_plan,
     cache_probe,
     cache_resolve,
-    cache_start,
     storable,
 )
 from routing import metrics
@@ -268,8 +267,6 @@ async def generation_acreate(
     The response cache is consulted here, once for every transport: a hit is replayed by
     `generation_run` instead of calling the model (see response_cache.services)."""
     plan = _cache_plan(request)
-    if plan is not None:
-        cache_start(plan)  # the embedding overlaps the model choice and the inserts
     prepared = await _generation_acreate(
         request=request, api_key=api_key, transport=transport, source=source, plan=plan
     )
