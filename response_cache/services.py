@@ -171,45 +171,50 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
         )
 
 
-EXACT_SQL = (
-    "SELECT id, response_text, finish_reason, prompt_tokens, completion_tokens, "
-    "generation_id, api_key_id, expires_at FROM {table} WHERE exact_key = %s "
+ENTRY_SQL = (
+    "SELECT id, exact_key, response_text, finish_reason, prompt_tokens, completion_tokens, "
+    "generation_id, api_key_id FROM {table} WHERE {column} = %s "
     "AND expires_at > %s{scope} ORDER BY id DESC LIMIT 1"
 )
+ENTRY_COLUMNS = [
+    "id",
+    "exact_key",
+    "response_text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "generation_id",
+    "api_key_id",
+]
 
 
 def _exact_lookup(plan: CachePlan) -> CacheEntry | None:
-    """The newest live entry with the request's exact key (the key's own, unless shared).
+    return _entry_lookup(plan, "exact_key", plan.exact_key)
+
+
+def _entry_lookup(plan: CachePlan, column: str, value: Any) -> CacheEntry | None:
+    """The newest live entry whose `column` is `value` (the key's own, unless shared).
     One hand-written query: the ORM's compilation of the same SELECT costs more than
-    running it, and this runs on every cacheable request."""
+    running it, and this runs on every cacheable request. The entry's model is the plan's
+    (the exact key and the scope key both name it)."""
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    params: list[Any] = [plan.exact_key, now]
+    params: list[Any] = [value, now]
     scope = ""
     if not plan.shared:
         if plan.api_key_id is None:
             scope = " AND api_key_id IS NULL"
         else:
             scope, params = " AND api_key_id = %s", [*params, plan.api_key_id]
-    sql = EXACT_SQL.format(table=CacheEntry._meta.db_table, scope=scope)
+    sql = ENTRY_SQL.format(table=CacheEntry._meta.db_table, column=column, scope=scope)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    names = ["id", "response_text", "finish_reason", "prompt_tokens", "completion_tokens"]
-    names += ["generation_id", "api_key_id"]
-    entry = CacheEntry(**dict(zip(names, row[:-1], strict=True)), exact_key=plan.exact_key)
-    entry.model = plan.model  # the exact key names the model
+    entry = CacheEntry(**dict(zip(ENTRY_COLUMNS, row, strict=True)))
+    entry.model = plan.model
     entry._state.adding, entry._state.db = False, connection.alias
     return entry
-
-
-def _scoped(queryset, plan: CachePlan):
-    if plan.shared:
-        return queryset.select_related("model")
-    if plan.api_key_id is None:
-        return queryset.filter(api_key__isnull=True).select_related("model")
-    return queryset.filter(api_key_id=plan.api_key_id).select_related("model")
 
 
 def _hit(
@@ -244,7 +249,7 @@ async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
 
 def _semantic_fetch(plan: CachePlan, generation: Generation, candidates) -> None:
     for candidate in candidates:
-        entry = _scoped(CacheEntry.objects.live().filter(pk=candidate.entry_id), plan).first()
+        entry = _entry_lookup(plan, "id", candidate.entry_id)
         if entry is None:  # purged or expired since the index saw it
             semantic_index.drop(plan.scope_key, candidate.entry_id)
             continue

@@ -446,3 +446,30 @@ def sync_to_async_run(function, *args):
     from asgiref.sync import async_to_sync
 
     return async_to_sync(function)(*args)
+
+
+async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, model, monkeypatch):
+    from response_cache import services
+
+    embedded: list[str] = []
+    real = services.query_vector
+
+    def counting(text):
+        embedded.append(text)
+        return real(text)
+
+    monkeypatch.setattr(services, "query_vector", counting)
+    await ask(keys[0], model)  # miss: embedded once, for the lookup and the stored entry
+    assert embedded == [QUESTION]
+    await ask(keys[0], model)
+    assert embedded == [QUESTION]  # exact hit: no embedding
+    entry = await CacheEntry.objects.aget()
+    assert entry.embedding is not None and len(entry.embedding) == 384 * 4
+
+
+def test_model_admin_edits_the_cache_settings(staff_client):
+    model = mock_model("mock/admin-settings")
+    url = f"/admin/routing/modelranking/{model.pk}/change/"
+    page = staff_client.get(url)
+    assert b"cache_similarity_threshold" in page.content
+    assert b"cache_shared_across_keys" in page.content
