@@ -3,10 +3,11 @@
 routing.services.generation calls it at one place for every transport:
 `cache_plan` (from the validated request, no I/O) -> `cache_probe` (in the same database
 hop as the Generation insert: the exact lookup, the semantic index refresh and the lexical
-guard against the scope's entries) -> `cache_resolve` (after an exact miss: the MiniLM
-embedding of the last user message starts in a worker thread; it is awaited now only if
-some entry of the scope passes the guard, else it runs on while the model streams) -> on
-a completed miss `cache_store` (the same vector, not computed twice).
+guard against the scope's entries) -> `cache_resolve` (after an exact miss, if some entry
+of the scope passes the guard: the MiniLM embedding of the last user message, in a worker
+thread, and the semantic search) -> `cache_start` from the stream once its first token is
+out (a miss that needed no lookup embeds while the model streams) -> on a completed miss
+`cache_store` (the same vector, not computed twice).
 
 So an exact hit never embeds, and a miss waits for the embedding only when a semantic
 hit is possible.
@@ -227,11 +228,9 @@ def _hit(
 async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
     """After an exact miss: the best semantic candidate of the same scope (and key, unless
     the model shares its cache) at or above the threshold that passes the guard."""
-    if plan.entry is not None or plan.query_text is None:
-        return
+    if plan.entry is not None or plan.query_text is None or not plan.maybe_semantic:
+        return  # without a candidate, the vector is made once the first token is out
     cache_start(plan)
-    if not plan.maybe_semantic:
-        return
     vector = await plan.vector()
     if vector is None:
         return

@@ -36,6 +36,7 @@ from response_cache.services import (
     cache_plan,
     cache_probe,
     cache_resolve,
+    cache_start,
     storable,
 )
 from routing import metrics
@@ -804,6 +805,8 @@ async def _run(
                     generation, model, extra or {}, attempts, parts, state
                 ):
                     yield event
+                    if plan is not None and event.type == "text":
+                        cache_start(plan)  # to store the answer: after the first token
                 break
             except ProviderError as exc:
                 if (
