@@ -5,15 +5,15 @@ routing.services.generation calls it at one place for every transport:
 hop as the Generation insert: the exact lookup, the semantic index refresh and the lexical
 guard against the scope's entries) -> `cache_resolve` (after an exact miss, if some entry
 of the scope passes the guard: the MiniLM embedding of the last user message, in a worker
-thread, and the semantic search) -> `cache_start` from the stream once its first token is
-out (a miss that needed no lookup embeds while the model streams) -> on a completed miss
-`cache_store` (the same vector, not computed twice).
+thread, and the semantic search) -> on a completed miss, `cache_store_later`: a task of its
+own, after the end event, embeds (unless the lookup already did: never twice) and stores.
 
-So an exact hit never embeds, and a miss waits for the embedding only when a semantic
-hit is possible.
+So an exact hit never embeds, a miss waits for the embedding only when a semantic hit is
+possible, and storing never delays a response.
 """
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -299,18 +299,45 @@ def storable(generation: Generation, plan: CachePlan, *, tool_calls, finish_reas
     )
 
 
-def cache_after(generation: Generation, plan: CachePlan, vector: np.ndarray | None) -> None:
-    """Synchronously, after the completed Generation is saved: count a hit, or store a
-    storable miss (best effort: the answer was already delivered)."""
+def cache_hit_count(plan: CachePlan) -> None:
+    """Count a hit on its entry (best effort: the answer was already delivered)."""
     try:
-        if plan.entry is not None:
-            CacheEntry.objects.filter(pk=plan.entry.pk).update(
-                hits=F("hits") + 1, last_hit_at=timezone.now()
-            )
-            return
-        cache_store(generation, plan, vector)
+        CacheEntry.objects.filter(pk=plan.entry.pk).update(
+            hits=F("hits") + 1, last_hit_at=timezone.now()
+        )
+    except Exception:  # noqa: BLE001
+        logger.warning("Response cache: hit on entry %s not counted", plan.entry.pk)
+
+
+# Stores in flight: the answer is delivered before its entry is written (the embedding of a
+# miss that needed no semantic lookup is made only now, off the response path).
+_pending: set[asyncio.Task] = set()
+
+
+def cache_store_later(generation: Generation, plan: CachePlan) -> None:
+    """Store a completed miss in a task of its own: the stream's end does not wait for the
+    embedding and the insert. An entry lost to a process exit is only a future miss."""
+    # A context of its own: the request's (Django's per-request sync thread) ends with it.
+    task = asyncio.get_running_loop().create_task(
+        _store(generation, plan), context=contextvars.Context()
+    )
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+async def _store(generation: Generation, plan: CachePlan) -> None:
+    try:
+        cache_start(plan)
+        vector = await plan.vector()
+        await sync_to_async(cache_store)(generation, plan, vector)
     except Exception:  # noqa: BLE001
         logger.exception("Response cache: generation %s not stored", generation.pk)
+
+
+async def cache_flush() -> None:
+    """Wait for the stores in flight (tests, graceful shutdown)."""
+    while _pending:
+        await asyncio.gather(*list(_pending), return_exceptions=True)
 
 
 def cache_store(generation: Generation, plan: CachePlan, vector: np.ndarray | None) -> CacheEntry:

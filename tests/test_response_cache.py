@@ -3,6 +3,7 @@ expiry, opting out, bad input, the admin purge and another process's entries."""
 
 import json
 import os
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 from accounts.models import ApiKey
 from response_cache.index import semantic_index
 from response_cache.models import CacheEntry
+from response_cache.services import cache_flush
 from routing.models import Generation
 from routing.providers.mock import mock_calls, reset_mock_calls
 from tests.factories import mock_model
@@ -65,7 +67,9 @@ async def sse(key: str, body: dict, headers: dict | None = None, path: str = "/a
     )
     if response.status_code != 200:
         return response, json.loads(response.content)
-    return response, parse_sse(await read_body(response))
+    events = parse_sse(await read_body(response))
+    await cache_flush()  # the entry is written after the response
+    return response, events
 
 
 def text_of(events) -> str:
@@ -143,6 +147,7 @@ async def test_exact_hit_on_websocket(keys, model):
             while not messages or messages[-1]["type"] not in ("end", "error"):
                 messages.append(await communicator.receive_json_from(timeout=TIMEOUT))
             results.append(messages)
+            await cache_flush()
     finally:
         await communicator.disconnect(timeout=TIMEOUT)
     assert [m[0]["cache"] for m in results] == ["miss", "exact"]
@@ -185,6 +190,7 @@ async def test_v1_chat_completions_stream_and_non_stream(keys, model):
         headers=headers,
     )  # fmt: skip
     assert first.status_code == 200 and first["x-tokenflow-cache"] == "miss"
+    await cache_flush()
     second = await client.post(
         "/v1/chat/completions", data=json.dumps(body), content_type="application/json",
         headers=headers,
@@ -281,6 +287,7 @@ async def test_failed_and_tool_call_answers_are_not_stored(keys, transactional_d
         headers={"Authorization": f"Bearer {keys[0]}"},
     )  # fmt: skip
     assert response.status_code == 200 and response["x-tokenflow-cache"] == "miss"
+    await cache_flush()
     assert await CacheEntry.objects.acount() == 0
 
 
@@ -433,6 +440,9 @@ def test_entries_cross_processes(live_server_url):
         return response.headers["x-tokenflow-cache"], parse_sse(response.text)
 
     assert remote(QUESTION)[0] == "miss"
+    deadline = time.monotonic() + 60  # the other process writes its entry after answering
+    while not CacheEntry.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     local = sync_to_async_run(ask, raw, model, PARAPHRASE)
     assert local[0]["x-tokenflow-cache"] == "semantic"
     assert text_of(local[1]) == "Paris."

@@ -29,14 +29,14 @@ from accounts.ratelimit import (
 )
 from response_cache.services import (
     CachePlan,
-    cache_after,
     cache_headers,
+    cache_hit_count,
     cache_hit_fields,
     cache_metadata,
     cache_plan,
     cache_probe,
     cache_resolve,
-    cache_start,
+    cache_store_later,
     storable,
 )
 from routing import metrics
@@ -805,8 +805,6 @@ async def _run(
                     generation, model, extra or {}, attempts, parts, state
                 ):
                     yield event
-                    if plan is not None and event.type == "text":
-                        cache_start(plan)  # to store the answer: after the first token
                 break
             except ProviderError as exc:
                 if (
@@ -907,22 +905,11 @@ async def _run(
             text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
         )
     await _settle(state)
-    cached: dict[str, Any] = {}
-    vector = None
-    if plan is not None:
-        if plan.entry is not None:
-            cached = cache_hit_fields(plan)
-        elif storable(
-            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
-        ):
-            vector = await plan.vector()  # computed once, at the start, for the lookup
-        else:
-            plan = None  # nothing to store
+    hit = plan is not None and plan.entry is not None
     await db_retry(
         _finish_completed,
         generation,
-        plan,
-        vector,
+        plan if hit else None,
         output_text=text,
         tool_calls=tool_calls,
         finish_reason=finish_reason,
@@ -930,8 +917,16 @@ async def _run(
         completion_tokens=completion_tokens,
         attempts=attempts,
         duration_ms=(time.monotonic() - started) * 1000,
-        **cached,
+        **(cache_hit_fields(plan) if hit else {}),
     )
+    if (
+        not hit
+        and plan is not None
+        and storable(
+            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
+        )
+    ):
+        cache_store_later(generation, plan)  # off the response path
     end = {
         "generation_id": generation.pk,
         "finish_reason": finish_reason,
@@ -946,14 +941,11 @@ async def _run(
     yield StreamEvent("end", end)
 
 
-def _finish_completed(
-    generation: Generation, plan: CachePlan | None, vector, **fields: Any
-) -> None:
-    """Persist a completed generation, then (same thread hop) count its cache hit or store
-    its answer in the response cache."""
+def _finish_completed(generation: Generation, hit: CachePlan | None, **fields: Any) -> None:
+    """Persist a completed generation, then (same thread hop) count its cache hit."""
     _finish(generation, Generation.Status.COMPLETED, **fields)
-    if plan is not None:
-        cache_after(generation, plan, vector)
+    if hit is not None:
+        cache_hit_count(hit)
 
 
 async def _stream_cached(
