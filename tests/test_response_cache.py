@@ -483,3 +483,35 @@ def test_model_admin_edits_the_cache_settings(staff_client):
     page = staff_client.get(url)
     assert b"cache_similarity_threshold" in page.content
     assert b"cache_shared_across_keys" in page.content
+
+
+async def test_v1_honours_cache_control_no_cache(keys, model):
+    body = {"model": model.name, "messages": [{"role": "user", "content": QUESTION}]}
+    body["temperature"] = 0
+    for headers in ({}, {"Cache-Control": "no-cache"}):
+        response = await AsyncClient().post(
+            "/v1/chat/completions", data=json.dumps(body), content_type="application/json",
+            headers={"Authorization": f"Bearer {keys[0]}", **headers},
+        )  # fmt: skip
+        await cache_flush()
+    assert "x-tokenflow-cache" not in response and mock_calls(model.name) == 2
+
+
+def test_cache_purge_command():
+    from django.core.management import call_command
+
+    model = priced_model("mock/purge-command")
+    now = timezone.now()
+    for i, ttl in enumerate((-5, 60)):
+        CacheEntry.objects.create(
+            exact_key=f"{i:064d}",
+            scope_key="s" * 64,
+            model=model,
+            model_name=model.name,
+            response_text="answer",
+            expires_at=now + timedelta(seconds=ttl),
+        )
+    call_command("cache_purge", "--expired")
+    assert CacheEntry.objects.count() == 1
+    call_command("cache_purge", "--model", model.name)
+    assert not CacheEntry.objects.exists()
