@@ -147,6 +147,16 @@ class ModelRankingAdmin(admin.ModelAdmin):
             },
         ),
         ("Provider options", {"fields": ["options"]}),
+        (
+            "Response cache",
+            {
+                "description": "Semantic hits need this cosine similarity (empty: "
+                "TOKENFLOW_CACHE_SIMILARITY). Sharing lets one API key's cached answers serve "
+                "other keys: off by default, since answers can hold private data. Entries "
+                "are listed and purged under Response cache.",
+                "fields": ["cache_similarity_threshold", "cache_shared_across_keys"],
+            },
+        ),
     ]
 
     @admin.display(description="input", ordering="input_price_per_mtok")
@@ -620,7 +630,15 @@ class GenerationAdmin(TimingColumns, ReadOnlyAdmin):
         "created_at",
     ]
     readonly_fields = ["ttft", "duration", "tokens_in", "tokens_out", "cost", "links"]
-    list_filter = ["status", "provider", "model_name", "transport", "finish_reason", "created_at"]
+    list_filter = [
+        "status",
+        "provider",
+        "model_name",
+        "transport",
+        "finish_reason",
+        "cache",
+        "created_at",
+    ]
     search_fields = ["output_text", "prompt__text", "model_name", "error_message"]
     date_hierarchy = "created_at"
     list_select_related = ["prompt"]

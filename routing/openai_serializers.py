@@ -558,6 +558,7 @@ class ChatCompletionRequestSerializer(OpenAISamplingSerializer):
             compress=attrs.get("compress"),
             extra=extra,
             options=options,
+            cache=self.cache_choice(attrs),
         )
 
 
@@ -612,6 +613,7 @@ class CompletionRequestSerializer(OpenAISamplingSerializer):
             params=self.params(attrs),
             extra=extra,
             options=options,
+            cache=self.cache_choice(attrs),
         )
 
 

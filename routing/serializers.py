@@ -291,6 +291,13 @@ class SamplingSerializer(serializers.Serializer):
     seed = StrictIntegerField(
         required=False, allow_null=True, min_value=-(2**63), max_value=2**63 - 1
     )
+    cache = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Response cache: true serves and stores this request's answer whatever its "
+        "temperature; false (or the header `Cache-Control: no-cache`) skips the cache; "
+        "unset: only temperature 0 is cached.",
+    )
 
     def openapi_request_schema(self, schema: dict) -> None:
         for name in ("max_tokens", "max_completion_tokens"):
@@ -311,6 +318,15 @@ class SamplingSerializer(serializers.Serializer):
             **{name: attrs.get(name) for name in ("temperature", "top_p", "max_tokens", "stop")},
             seed=attrs.get("seed"),
         )
+
+    def cache_choice(self, attrs: dict[str, Any]) -> bool | None:
+        """The body's `cache`, or False when the HTTP request says `Cache-Control: no-cache`
+        (or no-store)."""
+        request = self.context.get("request")
+        directives = request.headers.get("Cache-Control", "").lower() if request else ""
+        if "no-cache" in directives or "no-store" in directives:
+            return False
+        return attrs.get("cache")
 
 
 class GenerateRequestSerializer(SamplingSerializer):
@@ -355,6 +371,7 @@ class GenerateRequestSerializer(SamplingSerializer):
             params=self.params(attrs),
             compress=attrs.get("compress"),
             possible_categories=attrs.get("possible_categories"),
+            cache=self.cache_choice(attrs),
         )
 
 

@@ -47,7 +47,7 @@ SSE_DESCRIPTION = """Server-sent events, one JSON `data:` per event:
 
 | event | data |
 |---|---|
-| `metadata` | `{generation_id, model, provider, upstream_model}`; with model `auto` also `{selected_model, top_category, confidence, scores, classification_id, route, fallbacks, skipped}` |
+| `metadata` | `{generation_id, model, provider, upstream_model}`; with model `auto` also `{selected_model, top_category, confidence, scores, classification_id, route, fallbacks, skipped}`; when the response cache was consulted `{cache: exact/semantic/miss}` (a hit adds `cache_entry_id`, `cached_generation_id`, and `cache_similarity` when semantic) |
 | `info` | `{queue_position}` (local model queue) or `{fallback: {from, to, reason, code}}` |
 | `text_chunk` | `{text}` |
 | `error` | `{message, code, status, generation_id}`: the stream failed after it started; the generation is stored as failed |
@@ -87,6 +87,17 @@ class StreamMetadataSerializer(serializers.Serializer):
     route = serializers.DictField(required=False, allow_null=True)
     fallbacks = serializers.ListField(child=serializers.CharField(), required=False)
     skipped = serializers.ListField(child=serializers.DictField(), required=False)
+    cache = serializers.ChoiceField(
+        choices=["exact", "semantic", "miss"],
+        required=False,
+        help_text="Response cache result (also the `x-tokenflow-cache` header); absent when "
+        "the request was not cacheable.",
+    )
+    cache_similarity = serializers.FloatField(required=False, help_text="Semantic hits.")
+    cache_entry_id = serializers.IntegerField(required=False)
+    cached_generation_id = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The generation whose answer was replayed."
+    )
 
 
 class StreamInfoSerializer(serializers.Serializer):

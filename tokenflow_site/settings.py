@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "pipelines",
     "batches",
     "openai_batches",
+    "response_cache",
     "web",
     "rollups",
 ]
@@ -392,6 +393,21 @@ TOKENFLOW_MAX_EXAMPLES = int(os.environ.get("TOKENFLOW_MAX_EXAMPLES", 10))
 TOKENFLOW_MAX_TABLE_EXAMPLES = int(os.environ.get("TOKENFLOW_MAX_TABLE_EXAMPLES", 200))
 # Used when a category has no route, and as the last fallback of every route.
 TOKENFLOW_DEFAULT_MODEL = os.environ.get("TOKENFLOW_DEFAULT_MODEL", "local/smollm2-135m-instruct")
+
+
+# ---------------------------------------------------------------------------
+# TokenFlow: response cache (response_cache/, docs/cache.md)
+# ---------------------------------------------------------------------------
+# Master switch. Requests are cached by default only at temperature 0 (or `cache: true`).
+TOKENFLOW_CACHE = env_bool("TOKENFLOW_CACHE", True)
+# Seconds a stored answer is served.
+TOKENFLOW_CACHE_TTL = max(1, int(os.environ.get("TOKENFLOW_CACHE_TTL", 86_400)))
+# Semantic hits: MiniLM similarity of the last user message (same model, parameters and
+# earlier messages); per-model override ModelRanking.cache_similarity_threshold.
+TOKENFLOW_CACHE_SEMANTIC = env_bool("TOKENFLOW_CACHE_SEMANTIC", True)
+TOKENFLOW_CACHE_SIMILARITY = float(os.environ.get("TOKENFLOW_CACHE_SIMILARITY", 0.89))
+# Semantic hits also need the same numbers, capitalised names and negation.
+TOKENFLOW_CACHE_GUARD = env_bool("TOKENFLOW_CACHE_GUARD", True)
 
 
 # ---------------------------------------------------------------------------

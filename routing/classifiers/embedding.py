@@ -106,6 +106,12 @@ class EmbeddingClassifier(Classifier):
             self._tokenizer = tokenizer
             self._model = model
 
+    def token_count(self, text: str) -> int:
+        """`text`'s MiniLM tokens (with [CLS] and [SEP]), untruncated."""
+        self.load()
+        with self._run_lock:
+            return len(self._tokenizer(text, truncation=False, verbose=False)["input_ids"])
+
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled, L2-normalised embeddings, one row per text."""
         self.load()

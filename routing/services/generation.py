@@ -27,6 +27,18 @@ from accounts.ratelimit import (
     tokens_reserve,
     tokens_settle,
 )
+from response_cache.services import (
+    CachePlan,
+    cache_headers,
+    cache_hit_count,
+    cache_hit_fields,
+    cache_metadata,
+    cache_plan,
+    cache_probe,
+    cache_resolve,
+    cache_store_later,
+    storable,
+)
 from routing import metrics
 from routing.classifiers.base import Category
 from routing.messages import capabilities_needed, message_text
@@ -80,6 +92,8 @@ class GenerationRequest:
     # OpenAI fields forwarded upstream (tools, response_format, ...); `extra_body` holds
     # the unknown fields, forwarded only to models whose passthrough_fields list them.
     options: dict[str, Any] = field(default_factory=dict)
+    # Response cache: None = default (temperature 0 only), True = opt in, False = skip.
+    cache: bool | None = None
 
     @property
     def needs(self) -> list[str]:
@@ -241,7 +255,7 @@ class PreparedGeneration:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self.choice.headers
+        return {**self.choice.headers, **cache_headers(self.generation)}
 
     async def events(self) -> AsyncIterator["StreamEvent"]:
         """`generation_run` with the choice's fallbacks; after the metadata event, one
@@ -268,7 +282,38 @@ async def generation_acreate(
     """Choose the model (a name, or "auto": classify and route), compress if asked, and
     persist a queued Generation. Raises ApiError (404/503) before anything streams.
     The classifier's and compressor's forward passes run in worker threads, never on the
-    shared HTTP sync thread."""
+    shared HTTP sync thread.
+
+    The response cache is consulted here, once for every transport: a hit is replayed by
+    `generation_run` instead of calling the model (see response_cache.services)."""
+    plan = _cache_plan(request)
+    prepared = await _generation_acreate(
+        request=request, api_key=api_key, transport=transport, source=source, plan=plan
+    )
+    if plan is not None:
+        await cache_resolve(plan, prepared.generation)
+    return prepared
+
+
+def _cache_plan(request: GenerationRequest) -> CachePlan | None:
+    return cache_plan(
+        messages=request.messages,
+        params=request.params.as_dict(),
+        options=request.options,
+        compress=request.compress,
+        cache=request.cache,
+        choices=request.extra.get("n") or 1,
+    )
+
+
+async def _generation_acreate(
+    *,
+    request: GenerationRequest,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str,
+    plan: CachePlan | None,
+) -> PreparedGeneration:
     messages = request.messages
     if has_budget(api_key) and (request.model == AUTO_MODEL or request.compress is not None):
         # Refuse a spent key before the classifier or the compressor runs.
@@ -286,7 +331,7 @@ async def generation_acreate(
         # The common case in one thread hop (choose, Prompt, Generation): under hundreds of
         # concurrent streams every hop is a thread switch that delays the others' chunks.
         return await sync_to_async(_generation_create)(
-            request=request, api_key=api_key, transport=transport, source=source
+            request=request, api_key=api_key, transport=transport, source=source, plan=plan
         )
     else:
         choice = await sync_to_async(model_named)(request.model, request.needs)
@@ -309,6 +354,7 @@ async def generation_acreate(
         prompt=prompt,
         compression=compression,
         options=request.options,
+        plan=plan,
     )
 
 
@@ -432,7 +478,12 @@ def _unstarted_cancel(generations: list[Generation]) -> None:
 
 
 def _generation_create(
-    *, request: GenerationRequest, api_key: ApiKey | None, transport: str, source: str
+    *,
+    request: GenerationRequest,
+    api_key: ApiKey | None,
+    transport: str,
+    source: str,
+    plan: CachePlan | None = None,
 ) -> PreparedGeneration:
     """generation_acreate for a named model without compression, synchronously."""
     return _prepared(
@@ -444,6 +495,7 @@ def _generation_create(
         source=source,
         prompt=None,
         options=request.options,
+        plan=plan,
     )
 
 
@@ -458,8 +510,10 @@ def _prepared(
     prompt: Prompt | None,
     compression=None,
     options: dict[str, Any] | None = None,
+    plan: CachePlan | None = None,
 ) -> PreparedGeneration:
-    """Persist the queued Generation of a model choice, with what its stream needs."""
+    """Persist the queued Generation of a model choice, with what its stream needs (and,
+    in the same database hop, look the response cache up)."""
     generation = generation_prepare(
         model=choice.model,
         messages=messages,
@@ -476,6 +530,8 @@ def _prepared(
     # A fallback whose context window cannot hold this request is no fallback.
     prompt_tokens = _prompt_estimate(generation)
     choice.fallbacks = [m for m in choice.fallbacks if context_fits(m, prompt_tokens, params)]
+    if plan is not None:
+        cache_probe(plan, generation)
     return PreparedGeneration(generation, choice)
 
 
@@ -565,6 +621,7 @@ def metadata_for(generation: Generation) -> dict[str, Any]:
         "model": generation.model_name,
         "provider": generation.provider,
         "upstream_model": generation.upstream_model,
+        **cache_metadata(generation),
     }
 
 
@@ -796,8 +853,12 @@ async def _run(
     attempts: list[dict[str, Any]] = []
     candidates = [generation.model, *(fallbacks or [])]
     generation.started_at = timezone.now()
+    plan: CachePlan | None = getattr(generation, "cache_plan", None)
     try:
-        for index, model in enumerate(candidates):
+        if plan is not None and plan.entry is not None:
+            async for event in _stream_cached(generation, plan, parts, state):
+                yield event
+        for index, model in enumerate(candidates if not state.get("sent") else []):
             try:
                 async for event in _stream_model(
                     generation, model, extra or {}, attempts, parts, state
@@ -911,10 +972,12 @@ async def _run(
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     cancelled = bool(state.get("cancel_requested"))
     await _settle(state)
+    hit = plan is not None and plan.entry is not None
     await db_retry(
-        _finish,
+        _finish_completed,
         generation,
         Generation.Status.CANCELLED if cancelled else Generation.Status.COMPLETED,
+        plan if hit else None,
         error_code="cancelled" if cancelled else "",
         error_message="Cancelled by a cancel request." if cancelled else "",
         output_text=text,
@@ -925,7 +988,17 @@ async def _run(
         cached_prompt_tokens=cached,
         attempts=attempts,
         duration_ms=(time.monotonic() - started) * 1000,
+        **(cache_hit_fields(plan) if hit else {}),
     )
+    if (
+        not hit
+        and not cancelled
+        and plan is not None
+        and storable(
+            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
+        )
+    ):
+        cache_store_later(generation, plan)  # off the response path
     end = {
         "generation_id": generation.pk,
         "finish_reason": finish_reason,
@@ -939,6 +1012,30 @@ async def _run(
     if tool_calls:
         end["tool_calls"] = tool_calls
     yield StreamEvent("end", end)
+
+
+def _finish_completed(
+    generation: Generation, status: str, hit: CachePlan | None, **fields: Any
+) -> None:
+    """Persist a generation that ran to its end (completed, or stopped by a cancel
+    request), then (same thread hop) count its cache hit."""
+    _finish(generation, status, **fields)
+    if hit is not None:
+        cache_hit_count(hit)
+
+
+async def _stream_cached(
+    generation: Generation, plan: CachePlan, parts: list[str], state: dict[str, Any]
+) -> AsyncIterator[StreamEvent]:
+    """Replay a cached answer at once: one text event, the stored finish reason and
+    completion tokens (the prompt is counted as for any request)."""
+    entry = plan.entry
+    state["sent"] = True
+    generation.ttft_ms = (time.monotonic() - state["started"]) * 1000
+    parts.append(entry.response_text)
+    state["finish_reason"] = entry.finish_reason or "stop"
+    state["usage"] = {"completion_tokens": entry.completion_tokens}
+    yield StreamEvent("text", {"text": entry.response_text})
 
 
 async def generation_complete(

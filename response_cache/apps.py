@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ResponseCacheConfig(AppConfig):
+    name = "response_cache"
+    verbose_name = "Response cache"
