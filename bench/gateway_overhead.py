@@ -9,36 +9,13 @@ p50/p95 milliseconds and the ratio.
 
 import argparse
 import asyncio
-import json
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import Gateway, pct, start_mock_upstream, summary  # noqa: E402
-
-
-async def one(
-    client: httpx.AsyncClient, url: str, key: str, model: str
-) -> tuple[float, float, int]:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    started = time.perf_counter()
-    ttft, chunks = None, 0
-    async with client.stream(
-        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("choices") and data["choices"][0]["delta"].get("content"):
-                chunks += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-    return ttft * 1000, (time.perf_counter() - started) * 1000, chunks
+from bench.harness import Gateway, pct, start_mock_upstream, stream_chat, summary  # noqa: E402
 
 
 async def measure(args, upstream: str, gateway: Gateway, key: str) -> dict[str, list]:
@@ -50,10 +27,10 @@ async def measure(args, upstream: str, gateway: Gateway, key: str) -> dict[str, 
     async with httpx.AsyncClient(timeout=60) as client:
         for url, token, model in targets.values():  # warm-up (connections, imports)
             for _ in range(3):
-                await one(client, url, token, model)
+                await stream_chat(client, url, token, model)
         for _ in range(args.requests):
             for name, (url, token, model) in targets.items():
-                ttft, total, chunks = await one(client, url, token, model)
+                ttft, total, chunks = await stream_chat(client, url, token, model)
                 assert chunks == args.chunks, (name, chunks)
                 results[name].append((ttft, total))
     return results

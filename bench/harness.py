@@ -1,5 +1,6 @@
 """Shared benchmark plumbing: a throwaway TokenFlow (daphne + its own SQLite DB), percentiles."""
 
+import json
 import os
 import socket
 import statistics
@@ -175,3 +176,29 @@ def start_mock_upstream(
     base = f"http://127.0.0.1:{port}/v1"
     wait_http(base + "/models", process)
     return process, base
+
+
+async def stream_chat(client, url: str, key: str, model: str) -> tuple[float, float, int]:
+    """(TTFT ms, total ms, content chunks) of one streamed /chat/completions; an error
+    event or a stream without content raises."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    started = time.perf_counter()
+    ttft, chunks = None, 0
+    async with client.stream(
+        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if "error" in data:
+                raise RuntimeError(f"error event: {data['error']}")
+            choices = data.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+    if ttft is None:
+        raise RuntimeError("no content chunk")
+    return ttft * 1000, (time.perf_counter() - started) * 1000, chunks

@@ -23,7 +23,6 @@ as "tokenflow-REV", so an optimisation is measured against its baseline in one r
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import ROOT, Gateway, free_port, pct, start_mock_upstream, wait_http  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ROOT,
+    Gateway,
+    free_port,
+    pct,
+    start_mock_upstream,
+    stream_chat,
+    wait_http,
+)
 
 RESULTS = ROOT / "bench" / "results" / "peers.txt"
 LITELLM_VENV = ROOT / "var" / "bench-litellm-venv"
@@ -138,29 +145,7 @@ class LiteLLM:
 
 
 async def one(client: httpx.AsyncClient, target: tuple[str, str, str]) -> tuple[float, float, int]:
-    """(TTFT ms, total ms, content chunks) of one streamed chat completion."""
-    url, key, model = target
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    started = time.perf_counter()
-    ttft, chunks = None, 0
-    async with client.stream(
-        "POST", url, json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if "error" in data:
-                raise RuntimeError(f"error event: {data['error']}")
-            choices = data.get("choices") or []
-            if choices and (choices[0].get("delta") or {}).get("content"):
-                chunks += 1
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-    if ttft is None:
-        raise RuntimeError("no content chunk")
-    return ttft * 1000, (time.perf_counter() - started) * 1000, chunks
+    return await stream_chat(client, *target)
 
 
 async def sequential(targets: dict, requests: int, chunks: int) -> dict[str, list]:

@@ -54,23 +54,6 @@ class UsageQuerySerializer(serializers.Serializer):
         return {"group_by": attrs["group_by"], "start": start, "end": end}
 
 
-class UsageRowSerializer(serializers.Serializer):
-    model = serializers.CharField(required=False, help_text="group_by=model")
-    day = serializers.DateField(required=False, help_text="group_by=day (UTC)")
-    api_key = serializers.CharField(
-        required=False, allow_null=True, help_text="group_by=key: the key's prefix"
-    )
-    api_key_name = serializers.CharField(required=False, allow_null=True)
-    requests = serializers.IntegerField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    total_tokens = serializers.IntegerField()
-    cost_usd = serializers.FloatField()
-    cache_hits = serializers.IntegerField()
-    saved_usd = serializers.FloatField()
-    errors = serializers.IntegerField()
-
-
 class UsageTotalSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
@@ -80,6 +63,15 @@ class UsageTotalSerializer(serializers.Serializer):
     cache_hits = serializers.IntegerField()
     saved_usd = serializers.FloatField()
     errors = serializers.IntegerField()
+
+
+class UsageRowSerializer(UsageTotalSerializer):
+    model = serializers.CharField(required=False, help_text="group_by=model")
+    day = serializers.DateField(required=False, help_text="group_by=day (UTC)")
+    api_key = serializers.CharField(
+        required=False, allow_null=True, help_text="group_by=key: the key's prefix"
+    )
+    api_key_name = serializers.CharField(required=False, allow_null=True)
 
 
 class UsageSerializer(serializers.Serializer):
