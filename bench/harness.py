@@ -147,13 +147,7 @@ class Gateway:
         ).splitlines()[-1]
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        process_stop(self.process)
 
 
 def start_mock_upstream(
@@ -202,3 +196,15 @@ async def stream_chat(client, url: str, key: str, model: str) -> tuple[float, fl
     if ttft is None:
         raise RuntimeError("no content chunk")
     return ttft * 1000, (time.perf_counter() - started) * 1000, chunks
+
+
+def process_stop(process: subprocess.Popen | None, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -38,6 +38,7 @@ from bench.harness import (  # noqa: E402
     Gateway,
     free_port,
     pct,
+    process_stop,
     start_mock_upstream,
     stream_chat,
     wait_http,
@@ -135,13 +136,7 @@ class LiteLLM:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        process_stop(self.process)
 
 
 async def one(client: httpx.AsyncClient, target: tuple[str, str, str]) -> tuple[float, float, int]:

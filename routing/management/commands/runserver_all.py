@@ -1,10 +1,11 @@
 import os
-import signal
 import subprocess
 import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from routing.management.processes import processes_stop
 
 SERVERS = ("uvicorn", "daphne")
 
@@ -92,11 +93,4 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            processes_stop(processes, timeout=10)

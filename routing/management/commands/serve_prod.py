@@ -8,6 +8,8 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from routing.management.processes import processes_stop
+
 
 class Command(BaseCommand):
     help = (
@@ -108,14 +110,7 @@ class Supervisor:
                         sidecars[index] = self._start(self.sidecar_commands[index])
         finally:
             processes = [web, *sidecars]
-            for process in processes:
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(timeout=35)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            processes_stop(processes, timeout=35)
 
     def _forget_metrics(self, pid: int) -> None:
         directory = self.env.get("PROMETHEUS_MULTIPROC_DIR")
