@@ -83,9 +83,11 @@ class ProdStack:
                     os.kill(other, signal.SIGCONT)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prod_stack(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The production command on the test database; stopped before the database is dropped."""
+    """The production command on the test database, for this module only: its batch worker
+    and sweeper would otherwise work on later tests' rows (claim their batch items, roll
+    their dashboard hours)."""
     if not scale_stack_available():
         pytest.skip("needs DATABASE_URL (PostgreSQL) and REDIS_URL")
     with django_db_blocker.unblock():
