@@ -125,46 +125,67 @@ class EmbeddingClassifier(Classifier):
                 rows.append(self._forward(batch))
         return np.concatenate(rows), tokens
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, texts: list[str], head=None):
+        """Embeddings; with a fine-tuned head, (embeddings, router embeddings): the bottom
+        layers run once, then the base top layers and the head's (routing.classifiers
+        .finetune)."""
         import torch
 
         with torch.inference_mode():
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
             )
-            hidden = self._model(**batch).last_hidden_state
+            out = self._model(**batch, output_hidden_states=head is not None)
+            hidden = out.last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled.numpy()
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
+            if head is None:
+                return pooled
+            from routing.classifiers.finetune import run_top
 
-    def embed_prompt(self, text: str) -> np.ndarray:
+            start, layers = head.layers_for(self._model)
+            routed = run_top(self._model, layers, out.hidden_states[start], batch["attention_mask"])
+        return pooled, routed.numpy()
+
+    def embed_prompt(self, text: str, head=None):
         """One prompt's embedding, batched with the prompts of concurrent requests.
 
         No timer and no thread: a caller queues its prompt, then whoever holds the model
         lock runs every queued prompt (up to TOKENFLOW_CLASSIFIER_MAX_BATCH) in one
         forward pass; callers whose prompt was in it just take their row. Prompts pile
         up exactly while the model is busy, so batching costs an idle server nothing.
+        With a fine-tuned `head`, returns (embedding, router embedding); a batch holds
+        the prompts of one head only.
         """
         self.load()
-        future: Future[np.ndarray] = Future()
+        future: Future = Future()
         with self._pending_lock:
-            self._pending.append((text, future))
+            self._pending.append((text, head, future))
         limit = max(1, settings.TOKENFLOW_CLASSIFIER_MAX_BATCH)
         while not future.done():
             with self._run_lock:
                 if future.done():
                     break
                 with self._pending_lock:
-                    batch, self._pending = self._pending[:limit], self._pending[limit:]
+                    if not self._pending:
+                        continue
+                    first = self._pending[0][1]
+                    batch = [p for p in self._pending if p[1] is first][:limit]
+                    taken = {id(p) for p in batch}
+                    self._pending = [p for p in self._pending if id(p) not in taken]
                 try:
-                    vectors = self._forward([queued for queued, _ in batch])
+                    vectors = self._forward([queued for queued, _, _ in batch], first)
                 except Exception as exc:  # every caller in the batch gets it
-                    for _, waiting in batch:
+                    for _, _, waiting in batch:
                         waiting.set_exception(exc)
                     continue
-                for (_, waiting), vector in zip(batch, vectors, strict=True):
-                    waiting.set_result(vector)
+                if first is None:
+                    for (_, _, waiting), vector in zip(batch, vectors, strict=True):
+                        waiting.set_result(vector)
+                else:
+                    for (_, _, waiting), pooled, routed in zip(batch, *vectors, strict=True):
+                        waiting.set_result((pooled, routed))
         return future.result()
 
     def _cached(self, texts: list[str]) -> list[np.ndarray]:
@@ -210,6 +231,15 @@ class EmbeddingClassifier(Classifier):
         if len(prompts) == 1:
             return self.embed_prompt(prompts[0])[None, :]
         return self.embed(prompts)
+
+    def embed_prompts_routed(self, prompts: list[str], head) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, router embeddings of the fine-tuned `head`), one shared bottom."""
+        self.load()
+        if len(prompts) == 1:
+            pooled, routed = self.embed_prompt(prompts[0], head)
+            return pooled[None, :], routed[None, :]
+        with self._run_lock:
+            return self._forward(prompts, head)
 
     def similarities(
         self, prompts: list[str], categories: list[Category], *, embedded: np.ndarray | None = None
@@ -260,12 +290,16 @@ class EmbeddingClassifier(Classifier):
         multi_label: bool = False,
         head: "LinearHead | None" = None,
     ) -> list[ClassifierResult]:
-        """One forward pass for several prompts (benchmarks, batch jobs)."""
-        embedded = self.embed_prompts(prompts)
+        """One forward pass for several prompts (benchmarks, batch jobs). A fine-tuned head
+        (routing.classifiers.finetune) scores the prompts' router embeddings."""
+        if head is not None and not multi_label and getattr(head, "top_layers", None) is not None:
+            embedded, routed = self.embed_prompts_routed(prompts, head)
+        else:
+            embedded = routed = self.embed_prompts(prompts)
         sims = self.similarities(prompts, categories, embedded=embedded)
         labels = [c.label for c in categories]
         results = []
-        for vector, row in zip(embedded, sims, strict=True):
+        for vector, row in zip(routed, sims, strict=True):
             scores = self.scores_from(row, multi_label=multi_label)
             if head is not None and not multi_label:
                 scores = head.blend(vector, labels, scores)
