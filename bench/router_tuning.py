@@ -3,9 +3,12 @@ the held-out prompts: bench/data/classification.jsonl (72 prompts, 6 categories,
 different labelled set from bench/data/routing.jsonl), split per category with seed 0
 into 5 examples (+ the category description as one more) and 7 test prompts.
 
-    .venv/bin/python bench/router_tuning.py [--rounds 6] [--layers 1,2,3,0]
+    .venv/bin/python bench/router_tuning.py [--rounds 6] [--layers 1,2,3,0] [--seeds 0,1,2]
+    .venv/bin/python bench/router_tuning.py --rounds 0 --layers 2 --append   (no fine-tuning)
 
-Writes bench/results/router_tuning.txt. K=0 means all 6 layers. One thread.
+Writes (or with --append, extends) bench/results/router_tuning.txt. K=0 means all 6
+layers; --rounds 0 is the frozen model (same prototype + nearest-example scoring). One
+thread.
 """
 
 import json
@@ -81,7 +84,10 @@ def main() -> None:
             print(line, flush=True)
             lines.append(line)
     out = ROOT / "bench" / "results" / "router_tuning.txt"
-    if "--no-write" not in sys.argv:
+    if "--append" in sys.argv:
+        with out.open("a") as handle:
+            handle.write("\n".join(lines) + "\n")
+    elif "--no-write" not in sys.argv:
         out.write_text("\n".join(lines) + "\n")
 
 

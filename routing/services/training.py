@@ -26,10 +26,11 @@ from routing.services.routes import routing_table
 from tokenflow_site.errors import ApiError
 
 KINDS = ("finetuned", "linear")
-TOP_LAYERS = 2  # bench/results/router_tuning.txt (tuned on bench/data/classification.jsonl)
+TOP_LAYERS = 3  # of 6: bench/results/router_tuning.txt (tuned on bench/data/classification.jsonl)
 ROUNDS = 6
 CV_ROUNDS = 3
 MAX_ROUNDS = 20
+DEFAULT_TEMPERATURE = 0.05  # when none was fitted on CV folds (benchmarks)
 L2 = 1e-5  # weak weight decay: stronger decay leaves the probabilities near uniform (ECE)
 SEED = 0
 
@@ -154,6 +155,44 @@ def finetune_fit(classifier, bottoms, y: np.ndarray, classes: int, *, start, rou
     return layers, vectors, prototypes(vectors, y, classes)
 
 
+def finetune_head(
+    classifier,
+    categories: list[Category],
+    texts: list[str],
+    y: np.ndarray,
+    *,
+    top_layers: int = TOP_LAYERS,
+    rounds: int = ROUNDS,
+    seed: int = SEED,
+    temperature: float = DEFAULT_TEMPERATURE,
+    bottoms=None,
+):
+    """The fine-tuned router (FinetunedHead) on every example + each category's
+    description (`bottoms`: their precomputed bottom states, texts then descriptions)."""
+    from routing.classifiers.finetune import FinetunedHead, bottom_states, layers_state, split_point
+
+    classifier.load()
+    model = classifier._model
+    start = split_point(model, top_layers)
+    anchors = [anchor_text(c) for c in categories]
+    if bottoms is None:
+        with classifier._run_lock:
+            bottoms = bottom_states(model, classifier._tokenizer, texts + anchors, start)
+    all_y = np.concatenate([y, np.arange(len(categories))])
+    layers, vectors, protos = finetune_fit(
+        classifier, bottoms, all_y, len(categories), start=start, rounds=rounds, seed=seed
+    )
+    return FinetunedHead(
+        [c.label for c in categories],
+        top_layers=len(model.encoder.layer) - start,
+        state={k[len("layer.") :]: v for k, v in layers_state(layers).items()},
+        prototypes=protos,
+        examples=vectors,
+        example_labels=all_y,
+        temperature=temperature,
+    )
+
+
 def finetune_train(
     classifier,
     categories: list[Category],
@@ -170,11 +209,9 @@ def finetune_train(
     folds, fit the softmax temperature on the out-of-fold scores, then fine-tune on every
     example + description (`rounds`): result.head is the FinetunedHead."""
     from routing.classifiers.finetune import (
-        FinetunedHead,
         bottom_states,
         embed_with,
         fit_temperature,
-        layers_state,
         router_sims,
         split_point,
     )
@@ -218,20 +255,17 @@ def finetune_train(
         for truth, guess in zip(y[test], predicted, strict=True):
             confusion[truth, guess] += 1
     cv_seconds = time.perf_counter() - started
-    temperature = fit_temperature(out_of_fold, y)
     started = time.perf_counter()
-    all_y = np.concatenate([y, anchor_y])
-    layers, fit_vectors, protos = finetune_fit(
-        classifier, bottoms, all_y, len(labels), start=start, rounds=rounds, seed=seed
-    )
-    head = FinetunedHead(
-        labels,
-        top_layers=len(model.encoder.layer) - start,
-        state={k[len("layer.") :]: v for k, v in layers_state(layers).items()},
-        prototypes=protos,
-        examples=fit_vectors,
-        example_labels=all_y,
-        temperature=temperature,
+    head = finetune_head(
+        classifier,
+        categories,
+        texts,
+        y,
+        top_layers=top_layers,
+        rounds=rounds,
+        seed=seed,
+        temperature=fit_temperature(out_of_fold, y),
+        bottoms=bottoms,
     )
     return TrainingResult(
         labels=labels,
@@ -241,7 +275,7 @@ def finetune_train(
         zero_shot_accuracy=zero_hits / len(y),
         fold_accuracies=fold_accuracies,
         confusion=confusion.tolist(),
-        weights=protos,
+        weights=head.prototypes,
         kind="finetuned",
         cv_seconds=cv_seconds,
         fit_seconds=time.perf_counter() - started,
