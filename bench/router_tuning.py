@@ -5,6 +5,7 @@ into 5 examples (+ the category description as one more) and 7 test prompts.
 
     .venv/bin/python bench/router_tuning.py [--rounds 6] [--layers 1,2,3,0] [--seeds 0,1,2]
     .venv/bin/python bench/router_tuning.py --rounds 0 --layers 2 --append   (no fine-tuning)
+    .venv/bin/python bench/router_tuning.py --layers 3 --rounds 12 --lr 2e-5,1e-4 --append
 
 Writes (or with --append, extends) bench/results/router_tuning.txt. K=0 means all 6
 layers; --rounds 0 is the frozen model (same prototype + nearest-example scoring). One
@@ -51,6 +52,7 @@ def main() -> None:
     rounds = int(option("--rounds", "6"))
     ks = [int(k) for k in option("--layers", "1,2,3,0").split(",")]
     seeds = [int(s) for s in option("--seeds", "0").split(",")]
+    lrs = [float(x) for x in option("--lr", "2e-5").split(",")]
     rows = [json.loads(line) for line in (DATA / "classification.jsonl").open()]
     described = json.loads((DATA / "classification_categories.json").read_text())
     labels = list(described)
@@ -64,13 +66,13 @@ def main() -> None:
         texts = [r["prompt"] for r in examples] + [described[lab] for lab in labels]
         y = np.array([labels.index(r["label"]) for r in examples] + list(range(len(labels))))
         truth = np.array([labels.index(r["label"]) for r in test])
-        for k in ks:
+        for k, lr in [(k, lr) for k in ks for lr in lrs]:
             start = split_point(model, k)
             started = time.perf_counter()
             train_bottoms = bottom_states(model, tokenizer, texts, start)
             test_bottoms = bottom_states(model, tokenizer, [r["prompt"] for r in test], start)
             layers = setfit_layers(
-                model, train_bottoms, y.tolist(), start=start, rounds=rounds, seed=seed
+                model, train_bottoms, y.tolist(), start=start, rounds=rounds, seed=seed, lr=lr
             )
             spent = time.perf_counter() - started
             vectors = embed_with(model, layers, train_bottoms)
@@ -78,8 +80,9 @@ def main() -> None:
             sims = router_sims(embed_with(model, layers, test_bottoms), protos, vectors, y)
             acc = float((sims.argmax(1) == truth).mean())
             line = (
-                f"seed {seed} K={k or 'all'}: tuning accuracy {acc:.1%} ({len(test)} prompts), "
-                f"training {spent:.0f} s (1 thread, load average {os.getloadavg()[0]:.1f})"
+                f"seed {seed} K={k or 'all'} lr {lr:g}: tuning accuracy {acc:.1%} "
+                f"({len(test)} prompts), training {spent:.0f} s "
+                f"(1 thread, load average {os.getloadavg()[0]:.1f})"
             )
             print(line, flush=True)
             lines.append(line)

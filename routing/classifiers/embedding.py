@@ -125,16 +125,22 @@ class EmbeddingClassifier(Classifier):
                 rows.append(self._forward(batch))
         return np.concatenate(rows), tokens
 
-    def _forward(self, texts: list[str], head=None):
+    def _forward(self, texts: list[str], head=None, base: bool = True):
         """Embeddings; with a fine-tuned head, (embeddings, router embeddings): the bottom
         layers run once, then the base top layers and the head's (routing.classifiers
-        .finetune)."""
+        .finetune). `base=False` skips the base top layers: (None, router embeddings)."""
         import torch
 
         with torch.inference_mode():
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
             )
+            if head is not None and not base:
+                from routing.classifiers.finetune import bottom_forward, run_top
+
+                start, layers = head.layers_for(self._model)
+                bottom = bottom_forward(self._model, batch, start)
+                return None, run_top(self._model, layers, bottom, batch["attention_mask"]).numpy()
             out = self._model(**batch, output_hidden_states=head is not None)
             hidden = out.last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -148,20 +154,21 @@ class EmbeddingClassifier(Classifier):
             routed = run_top(self._model, layers, out.hidden_states[start], batch["attention_mask"])
         return pooled, routed.numpy()
 
-    def embed_prompt(self, text: str, head=None):
+    def embed_prompt(self, text: str, head=None, base: bool = True):
         """One prompt's embedding, batched with the prompts of concurrent requests.
 
         No timer and no thread: a caller queues its prompt, then whoever holds the model
         lock runs every queued prompt (up to TOKENFLOW_CLASSIFIER_MAX_BATCH) in one
         forward pass; callers whose prompt was in it just take their row. Prompts pile
         up exactly while the model is busy, so batching costs an idle server nothing.
-        With a fine-tuned `head`, returns (embedding, router embedding); a batch holds
-        the prompts of one head only.
+        With a fine-tuned `head`, returns (embedding or None if not `base`, router
+        embedding); a batch holds the prompts of one (head, base) only.
         """
         self.load()
         future: Future = Future()
+        mode = None if head is None else (head, base)
         with self._pending_lock:
-            self._pending.append((text, head, future))
+            self._pending.append((text, mode, future))
         limit = max(1, settings.TOKENFLOW_CLASSIFIER_MAX_BATCH)
         while not future.done():
             with self._run_lock:
@@ -171,11 +178,14 @@ class EmbeddingClassifier(Classifier):
                     if not self._pending:
                         continue
                     first = self._pending[0][1]
-                    batch = [p for p in self._pending if p[1] is first][:limit]
+                    batch = [p for p in self._pending if p[1] == first][:limit]
                     taken = {id(p) for p in batch}
                     self._pending = [p for p in self._pending if id(p) not in taken]
                 try:
-                    vectors = self._forward([queued for queued, _, _ in batch], first)
+                    texts = [queued for queued, _, _ in batch]
+                    vectors = (
+                        self._forward(texts) if first is None else self._forward(texts, *first)
+                    )
                 except Exception as exc:  # every caller in the batch gets it
                     for _, _, waiting in batch:
                         waiting.set_exception(exc)
@@ -184,7 +194,10 @@ class EmbeddingClassifier(Classifier):
                     for (_, _, waiting), vector in zip(batch, vectors, strict=True):
                         waiting.set_result(vector)
                 else:
-                    for (_, _, waiting), pooled, routed in zip(batch, *vectors, strict=True):
+                    pooled_rows = vectors[0] if vectors[0] is not None else [None] * len(batch)
+                    for (_, _, waiting), pooled, routed in zip(
+                        batch, pooled_rows, vectors[1], strict=True
+                    ):
                         waiting.set_result((pooled, routed))
         return future.result()
 
@@ -232,14 +245,15 @@ class EmbeddingClassifier(Classifier):
             return self.embed_prompt(prompts[0])[None, :]
         return self.embed(prompts)
 
-    def embed_prompts_routed(self, prompts: list[str], head) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings, router embeddings of the fine-tuned `head`), one shared bottom."""
+    def embed_prompts_routed(self, prompts: list[str], head, base: bool = True):
+        """(embeddings, router embeddings of the fine-tuned `head`), one shared bottom;
+        `base=False`: (None, router embeddings), without the base top layers."""
         self.load()
         if len(prompts) == 1:
-            pooled, routed = self.embed_prompt(prompts[0], head)
-            return pooled[None, :], routed[None, :]
+            pooled, routed = self.embed_prompt(prompts[0], head, base)
+            return (None if pooled is None else pooled[None, :]), routed[None, :]
         with self._run_lock:
-            return self._forward(prompts, head)
+            return self._forward(prompts, head, base)
 
     def similarities(
         self, prompts: list[str], categories: list[Category], *, embedded: np.ndarray | None = None
@@ -292,7 +306,16 @@ class EmbeddingClassifier(Classifier):
     ) -> list[ClassifierResult]:
         """One forward pass for several prompts (benchmarks, batch jobs). A fine-tuned head
         (routing.classifiers.finetune) scores the prompts' router embeddings."""
-        if head is not None and not multi_label and getattr(head, "top_layers", None) is not None:
+        labels = [c.label for c in categories]
+        finetuned = head is not None and getattr(head, "top_layers", None) is not None
+        if finetuned and not multi_label and head.covers(labels):
+            # every category is the router's: zero-shot would get no probability mass
+            _, routed = self.embed_prompts_routed(prompts, head, base=False)
+            return [
+                ClassifierResult(list(zip(labels, map(float, row), strict=True)))
+                for row in head.probabilities_for(routed, labels)
+            ]
+        if finetuned and not multi_label:
             embedded, routed = self.embed_prompts_routed(prompts, head)
         else:
             embedded = routed = self.embed_prompts(prompts)

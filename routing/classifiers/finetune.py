@@ -51,6 +51,19 @@ def run_top(model, layers, hidden, mask):
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
+def bottom_forward(model, batch, start: int):
+    """Hidden states entering layer `start`: the embeddings and the layers below it only."""
+    hidden = model.embeddings(
+        input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+    )
+    if start:
+        extended = extended_mask(model, batch["attention_mask"])
+        for layer in model.encoder.layer[:start]:
+            out = layer(hidden, attention_mask=extended)
+            hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
 def bottom_states(model, tokenizer, texts: list[str], start: int, batch_size: int = 64):
     """Per text, its hidden states entering layer `start` (unpadded, [tokens, dim])."""
     import torch
@@ -245,9 +258,19 @@ class FinetunedHead:
                     self._layers = (start, layers)
         return self._layers
 
+    def covers(self, labels: list[str]) -> bool:
+        """True if it was trained on every one of `labels` (then zero-shot is not needed)."""
+        return len(labels) >= 2 and all(label in self.index for label in labels)
+
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         sims = router_sims(vectors, self.prototypes, self.examples, self.example_labels)
         return np.stack([softmax(row, self.temperature) for row in sims])
+
+    def probabilities_for(self, vectors: np.ndarray, labels: list[str]) -> np.ndarray:
+        """rows x `labels` (all of them the router's), in `labels` order, summing to 1."""
+        sims = router_sims(vectors, self.prototypes, self.examples, self.example_labels)
+        columns = sims[:, [self.index[label] for label in labels]]
+        return np.stack([softmax(row, self.temperature) for row in columns])
 
     def blend(self, vector: np.ndarray, labels: list[str], zero_shot: np.ndarray) -> np.ndarray:
         """`vector` is the prompt's router embedding (this head's layers)."""
