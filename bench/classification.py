@@ -100,6 +100,7 @@ def learning(classifier) -> None:
     from routing.services.evaluation import expected_calibration_error
     from routing.services.training import (
         CV_ROUNDS,
+        LEARNING_RATE,
         ROUNDS,
         cross_validate,
         finetune_head,
@@ -176,8 +177,8 @@ def learning(classifier) -> None:
             f"| ECE {eces[name]:.3f}"
         )
     say(
-        f"  ({tuned}: top {TOP_LAYERS} of 6 layers fine-tuned, {ROUNDS} rounds of pair "
-        f"sampling on 5 examples + the description per category, training "
+        f"  ({tuned}: top {TOP_LAYERS} of 6 layers fine-tuned, lr {LEARNING_RATE:g}, {ROUNDS} "
+        f"rounds of pair sampling on 5 examples + the description per category, training "
         + ", ".join(f"{t:.0f}" for t in train_seconds)
         + f" s; ECE with the default temperature; torch threads {torch.get_num_threads()})"
     )
