@@ -10,7 +10,9 @@ averaged (bench/classification.py: 75% -> 84-89% with 5 examples per category). 
 prompt is still embedded once. Similarities become calibrated scores: a softmax with a
 temperature (single-label, sums to 1) or an independent sigmoid around a threshold
 (multi-label). A trained RouterHead (routing.services.training) replaces the scores of
-the categories it was trained on (single-label only).
+the categories it was trained on (single-label only): a LinearHead on the embedding, or a
+fine-tuned router (routing.classifiers.finetune) whose stored top layers run on the same
+bottom hidden states as the base model's.
 """
 
 import re
