@@ -82,13 +82,16 @@ def _table_build(version: str) -> RoutingTable:
     return RoutingTable(version, categories, head, engine)
 
 
-_finetuned: dict[int, Any] = {}  # pk -> FinetunedHead: its layers load once per process
+# (pk, created_at) -> FinetunedHead: its layers load once per process (created_at too: a
+# rolled-back SQLite transaction can hand the same pk to another row)
+_finetuned: dict[tuple, Any] = {}
 
 
 def _head_build(row: RouterHead):
     weights = np.frombuffer(bytes(row.weights), dtype=np.float32).reshape(len(row.labels), row.dim)
     if row.kind == RouterHead.Kind.FINETUNED:
-        head = _finetuned.get(row.pk)
+        key = (row.pk, row.created_at)
+        head = _finetuned.get(key)
         if head is None:
             from routing.classifiers.finetune import FinetunedHead
 
@@ -102,7 +105,7 @@ def _head_build(row: RouterHead):
                 version=row.pk,
             )
             _finetuned.clear()  # only the active one is kept
-            _finetuned[row.pk] = head
+            _finetuned[key] = head
         return head
     from routing.classifiers.embedding import LinearHead
 

@@ -92,22 +92,23 @@ def test_categories_the_router_was_not_trained_on_fall_back_to_zero_shot(minilm)
     run(*TINY)
     head = RouterHead.objects.get()
     assert sorted(head.labels) == ["coding", "translation"]
+    assert sorted(routing_table().head.labels) == ["coding", "translation"]  # this version's
     categories = routing_table().categories
     assert [c.label for c in categories if not c.examples] == ["summarization"]
     prompt = "Give me the key points of this article about city budgets in three bullets."
     zero = dict(minilm.classify(prompt, categories).scores)
     routed = dict(minilm.classify(prompt, categories, head=routing_table().head).scores)
-    assert routed["summarization"] == pytest.approx(zero["summarization"], abs=1e-9)
+    assert routed["summarization"] == pytest.approx(zero["summarization"], abs=1e-6)
     assert max(routed, key=routed.get) == "summarization"
     assert routed["coding"] + routed["translation"] == pytest.approx(
-        zero["coding"] + zero["translation"], abs=1e-9
+        zero["coding"] + zero["translation"], abs=1e-6
     )
     assert routed["coding"] != pytest.approx(zero["coding"], abs=1e-6)
     # categories all the router's: the base top layers are skipped, the scores are the same
     head = routing_table().head
     covered = [c for c in categories if c.label != "summarization"]
     fast = [score for _, score in minilm.classify(prompt, covered, head=head).scores]
-    pooled, routed_vector = minilm.embed_prompts_routed([prompt], head)
+    _, routed_vector = minilm.embed_prompts_routed([prompt], head)
     zero_covered = np.array([s for _, s in minilm.classify(prompt, covered).scores])
     slow = head.blend(routed_vector[0], [c.label for c in covered], zero_covered)
     assert np.allclose(fast, slow, atol=1e-6) and sum(fast) == pytest.approx(1, abs=1e-6)
