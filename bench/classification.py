@@ -7,9 +7,10 @@ Learning router (issue 12): bench/data/routing.jsonl, 180 hand-written prompts i
 everyday categories (30 each) with one-sentence descriptions in
 bench/data/routing_categories.json, split per category with a fixed seed into 5 example
 utterances and 25 held-out test prompts. Reports held-out accuracy with bare labels,
-descriptions only, descriptions + 5 examples, a trained head on the 5 examples, their
-calibration error, p50 latency for one prompt x 6 categories x 5 examples, and the
-trained router's 5-fold cross-validated accuracy against zero-shot on the same folds.
+descriptions only, descriptions + 5 examples, a linear head on the 5 examples, the
+fine-tuned router on the 5 examples (seeds 0-2; `--top-layers N` to try another K), their
+calibration error, p50 latency for one prompt x 6 categories x 5 examples, and both
+trained routers' 5-fold cross-validated accuracy against zero-shot on the same folds.
 
 Reports accuracy on bench/data/classification.jsonl with bare labels and with the
 descriptions of bench/data/classification_categories.json, the prompts that fail,
