@@ -343,8 +343,10 @@ def train_router_action(modeladmin, request, queryset):
     verdict = "active" if head.active else "kept inactive (zero-shot is as good)"
     modeladmin.message_user(
         request,
-        f"Router v{head.pk}: {result.folds}-fold CV accuracy {result.cv_accuracy:.1%} vs "
-        f"zero-shot {result.zero_shot_accuracy:.1%} on {result.examples} examples; {verdict}.",
+        f"Router v{head.pk} ({head.get_kind_display()}): {result.folds}-fold CV accuracy "
+        f"{result.cv_accuracy:.1%} vs zero-shot {result.zero_shot_accuracy:.1%} on "
+        f"{result.examples} examples ({result.cv_seconds + result.fit_seconds:.0f} s); "
+        f"{verdict}.",
         messages.SUCCESS if head.active else messages.WARNING,
     )
 
@@ -423,6 +425,8 @@ class RouterHeadAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "active",
+        "kind",
+        "top_layers",
         "cv_accuracy",
         "zero_shot_accuracy",
         "examples",
@@ -434,6 +438,9 @@ class RouterHeadAdmin(admin.ModelAdmin):
     list_filter = ["active", "engine"]
     readonly_fields = [
         "engine",
+        "kind",
+        "top_layers",
+        "temperature",
         "labels",
         "dim",
         "examples",
@@ -444,7 +451,7 @@ class RouterHeadAdmin(admin.ModelAdmin):
         "created_by",
         "created_at",
     ]
-    exclude = ["weights", "bias"]
+    exclude = ["weights", "bias", "layers"]
     actions = [train_router_action, "activate", "deactivate"]
 
     def has_add_permission(self, request):

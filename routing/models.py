@@ -434,14 +434,36 @@ class CategoryExample(models.Model):
 
 
 class RouterHead(models.Model):
-    """A trained router: a linear head over the classifier's prompt embeddings, one row per
-    training run (the pk is the version). The newest active head is used by every process."""
+    """A trained router, one row per training run (the pk is the version): a linear head
+    over the classifier's prompt embeddings, or fine-tuned top encoder layers with the
+    categories' prototypes (routing.classifiers.finetune). The newest active head is used
+    by every process."""
+
+    class Kind(models.TextChoices):
+        LINEAR = "linear", "linear head on frozen embeddings"
+        FINETUNED = "finetuned", "fine-tuned top layers + prototypes"
 
     engine = models.CharField(max_length=100, help_text="The embedding model it was trained on.")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.LINEAR)
     labels = models.JSONField(default=list)
-    weights = models.BinaryField(help_text="float32 labels x dim, row-major.")
+    weights = models.BinaryField(
+        help_text="float32 labels x dim, row-major: the linear head's weights, or the "
+        "fine-tuned router's category prototypes."
+    )
     bias = models.JSONField(default=list)
     dim = models.PositiveIntegerField()
+    top_layers = models.PositiveSmallIntegerField(
+        default=0, help_text="Fine-tuned: how many top transformer layers are stored."
+    )
+    layers = models.BinaryField(
+        default=b"",
+        blank=True,
+        help_text="Fine-tuned: safetensors of the top layers (fp16) and the training texts' "
+        "embeddings.",
+    )
+    temperature = models.FloatField(
+        default=1.0, help_text="Fine-tuned: softmax temperature fitted on the CV folds."
+    )
     examples = models.PositiveIntegerField(default=0)
     folds = models.PositiveIntegerField(default=0)
     cv_accuracy = models.FloatField(help_text="k-fold cross-validated accuracy of the head.")

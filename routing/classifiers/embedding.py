@@ -10,7 +10,9 @@ averaged (bench/classification.py: 75% -> 84-89% with 5 examples per category). 
 prompt is still embedded once. Similarities become calibrated scores: a softmax with a
 temperature (single-label, sums to 1) or an independent sigmoid around a threshold
 (multi-label). A trained RouterHead (routing.services.training) replaces the scores of
-the categories it was trained on (single-label only).
+the categories it was trained on (single-label only): a LinearHead on the embedding, or a
+fine-tuned router (routing.classifiers.finetune) whose stored top layers run on the same
+bottom hidden states as the base model's.
 """
 
 import re
@@ -131,46 +133,80 @@ class EmbeddingClassifier(Classifier):
                 rows.append(self._forward(batch))
         return np.concatenate(rows), tokens
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def _forward(self, texts: list[str], head=None, base: bool = True):
+        """Embeddings; with a fine-tuned head, (embeddings, router embeddings): the bottom
+        layers run once, then the base top layers and the head's (routing.classifiers
+        .finetune). `base=False` skips the base top layers: (None, router embeddings)."""
         import torch
 
         with torch.inference_mode():
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
             )
-            hidden = self._model(**batch).last_hidden_state
+            if head is not None and not base:
+                from routing.classifiers.finetune import bottom_forward, run_top
+
+                start, layers = head.layers_for(self._model)
+                bottom = bottom_forward(self._model, batch, start)
+                return None, run_top(self._model, layers, bottom, batch["attention_mask"]).numpy()
+            out = self._model(**batch, output_hidden_states=head is not None)
+            hidden = out.last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-        return pooled.numpy()
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
+            if head is None:
+                return pooled
+            from routing.classifiers.finetune import run_top
 
-    def embed_prompt(self, text: str) -> np.ndarray:
+            start, layers = head.layers_for(self._model)
+            routed = run_top(self._model, layers, out.hidden_states[start], batch["attention_mask"])
+        return pooled, routed.numpy()
+
+    def embed_prompt(self, text: str, head=None, base: bool = True):
         """One prompt's embedding, batched with the prompts of concurrent requests.
 
         No timer and no thread: a caller queues its prompt, then whoever holds the model
         lock runs every queued prompt (up to TOKENFLOW_CLASSIFIER_MAX_BATCH) in one
         forward pass; callers whose prompt was in it just take their row. Prompts pile
         up exactly while the model is busy, so batching costs an idle server nothing.
+        With a fine-tuned `head`, returns (embedding or None if not `base`, router
+        embedding); a batch holds the prompts of one (head, base) only.
         """
         self.load()
-        future: Future[np.ndarray] = Future()
+        future: Future = Future()
+        mode = None if head is None else (head, base)
         with self._pending_lock:
-            self._pending.append((text, future))
+            self._pending.append((text, mode, future))
         limit = max(1, settings.TOKENFLOW_CLASSIFIER_MAX_BATCH)
         while not future.done():
             with self._run_lock:
                 if future.done():
                     break
                 with self._pending_lock:
-                    batch, self._pending = self._pending[:limit], self._pending[limit:]
+                    if not self._pending:
+                        continue
+                    first = self._pending[0][1]
+                    batch = [p for p in self._pending if p[1] == first][:limit]
+                    taken = {id(p) for p in batch}
+                    self._pending = [p for p in self._pending if id(p) not in taken]
                 try:
-                    vectors = self._forward([queued for queued, _ in batch])
+                    texts = [queued for queued, _, _ in batch]
+                    vectors = (
+                        self._forward(texts) if first is None else self._forward(texts, *first)
+                    )
                 except Exception as exc:  # every caller in the batch gets it
-                    for _, waiting in batch:
+                    for _, _, waiting in batch:
                         waiting.set_exception(exc)
                     continue
-                for (_, waiting), vector in zip(batch, vectors, strict=True):
-                    waiting.set_result(vector)
+                if first is None:
+                    for (_, _, waiting), vector in zip(batch, vectors, strict=True):
+                        waiting.set_result(vector)
+                else:
+                    pooled_rows = vectors[0] if vectors[0] is not None else [None] * len(batch)
+                    for (_, _, waiting), pooled, routed in zip(
+                        batch, pooled_rows, vectors[1], strict=True
+                    ):
+                        waiting.set_result((pooled, routed))
         return future.result()
 
     def _cached(self, texts: list[str]) -> list[np.ndarray]:
@@ -216,6 +252,16 @@ class EmbeddingClassifier(Classifier):
         if len(prompts) == 1:
             return self.embed_prompt(prompts[0])[None, :]
         return self.embed(prompts)
+
+    def embed_prompts_routed(self, prompts: list[str], head, base: bool = True):
+        """(embeddings, router embeddings of the fine-tuned `head`), one shared bottom;
+        `base=False`: (None, router embeddings), without the base top layers."""
+        self.load()
+        if len(prompts) == 1:
+            pooled, routed = self.embed_prompt(prompts[0], head, base)
+            return (None if pooled is None else pooled[None, :]), routed[None, :]
+        with self._run_lock:
+            return self._forward(prompts, head, base)
 
     def similarities(
         self, prompts: list[str], categories: list[Category], *, embedded: np.ndarray | None = None
@@ -266,12 +312,25 @@ class EmbeddingClassifier(Classifier):
         multi_label: bool = False,
         head: "LinearHead | None" = None,
     ) -> list[ClassifierResult]:
-        """One forward pass for several prompts (benchmarks, batch jobs)."""
-        embedded = self.embed_prompts(prompts)
+        """One forward pass for several prompts (benchmarks, batch jobs). A fine-tuned head
+        (routing.classifiers.finetune) scores the prompts' router embeddings."""
+        labels = [c.label for c in categories]
+        finetuned = head is not None and getattr(head, "top_layers", None) is not None
+        if finetuned and not multi_label and head.covers(labels):
+            # every category is the router's: zero-shot would get no probability mass
+            _, routed = self.embed_prompts_routed(prompts, head, base=False)
+            return [
+                ClassifierResult(list(zip(labels, map(float, row), strict=True)))
+                for row in head.probabilities_for(routed, labels)
+            ]
+        if finetuned and not multi_label:
+            embedded, routed = self.embed_prompts_routed(prompts, head)
+        else:
+            embedded = routed = self.embed_prompts(prompts)
         sims = self.similarities(prompts, categories, embedded=embedded)
         labels = [c.label for c in categories]
         results = []
-        for vector, row in zip(embedded, sims, strict=True):
+        for vector, row in zip(routed, sims, strict=True):
             scores = self.scores_from(row, multi_label=multi_label)
             if head is not None and not multi_label:
                 scores = head.blend(vector, labels, scores)

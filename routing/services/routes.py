@@ -76,16 +76,40 @@ def _table_build(version: str) -> RoutingTable:
         Category(label, text, tuple(examples[label])) for label, text in descriptions.items()
     ]
     head, engine = None, ""
-    row = RouterHead.objects.filter(active=True).order_by("-pk").first()
+    row = RouterHead.objects.filter(active=True).defer("layers").order_by("-pk").first()
     if row is not None:
-        from routing.classifiers.embedding import LinearHead
-
-        weights = np.frombuffer(bytes(row.weights), dtype=np.float32).reshape(
-            len(row.labels), row.dim
-        )
-        head = LinearHead(row.labels, weights, np.array(row.bias), version=row.pk)
-        engine = row.engine
+        head, engine = _head_build(row), row.engine
     return RoutingTable(version, categories, head, engine)
+
+
+# (pk, created_at) -> FinetunedHead: its layers load once per process (created_at too: a
+# rolled-back SQLite transaction can hand the same pk to another row)
+_finetuned: dict[tuple, Any] = {}
+
+
+def _head_build(row: RouterHead):
+    weights = np.frombuffer(bytes(row.weights), dtype=np.float32).reshape(len(row.labels), row.dim)
+    if row.kind == RouterHead.Kind.FINETUNED:
+        key = (row.pk, row.created_at)
+        head = _finetuned.get(key)
+        if head is None:
+            from routing.classifiers.finetune import FinetunedHead
+
+            blob = RouterHead.objects.filter(pk=row.pk).values_list("layers", flat=True).get()
+            head = FinetunedHead.from_blob(
+                row.labels,
+                blob,
+                top_layers=row.top_layers,
+                prototypes=weights,
+                temperature=row.temperature,
+                version=row.pk,
+            )
+            _finetuned.clear()  # only the active one is kept
+            _finetuned[key] = head
+        return head
+    from routing.classifiers.embedding import LinearHead
+
+    return LinearHead(row.labels, weights, np.array(row.bias), version=row.pk)
 
 
 def routing_table() -> RoutingTable:

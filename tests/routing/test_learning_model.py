@@ -54,7 +54,7 @@ def test_train_router_stores_a_versioned_head_used_for_the_table(minilm, client,
             CategoryExample.objects.create(category=label, text=row["prompt"])
     out = tmp_path / "out.txt"
     with out.open("w") as handle:
-        call_command("train_router", "--folds", "3", "--force", stdout=handle)
+        call_command("train_router", "--folds", "3", "--force", "--kind", "linear", stdout=handle)
     report = out.read_text()
     head = RouterHead.objects.get()
     assert head.active and sorted(head.labels) == sorted(labels)
@@ -93,7 +93,8 @@ import django
 django.setup()
 from routing.services.classification import classification_create
 for line in sys.stdin:
-    print(classification_create(prompt=line.strip()).top_category, flush=True)
+    row = classification_create(prompt=line.strip())
+    print(row.top_category, row.engine, flush=True)
 """
 
 
@@ -125,10 +126,11 @@ def test_a_correction_reaches_another_process_without_a_restart(minilm, client, 
         text=True,
     )
 
-    def ask_child(prompt: str) -> str:
+    def ask_child(prompt: str, engine: bool = False) -> str:
         child.stdin.write(prompt + "\n")
         child.stdin.flush()
-        return child.stdout.readline().strip()
+        top, used = child.stdout.readline().split()
+        return (top, used) if engine else top
 
     try:
         near_duplicate = "The package I paid for was charged twice and still hasn't arrived"
@@ -148,6 +150,24 @@ def test_a_correction_reaches_another_process_without_a_restart(minilm, client, 
         )
         assert response.status_code == 200, response.content
         assert ask_child(near_duplicate) == "shipping"  # same child process, no restart
+        # a fine-tuned router trained here is used there too (its layers read from the DB)
+        for category, text in (
+            ("billing", "Why was my card charged twice for one order?"),
+            ("billing", "I need a refund for the duplicate payment"),
+            ("shipping", "Where is my parcel? Tracking hasn't updated in days"),
+        ):
+            CategoryExample.objects.create(category=category, text=text)
+        call_command(
+            "train_router",
+            *("--top-layers", "1", "--rounds", "1", "--cv-rounds", "1", "--folds", "2"),
+            "--force",
+            stdout=open(os.devnull, "w"),  # noqa: SIM115
+        )
+        head = RouterHead.objects.get(active=True)
+        assert head.kind == RouterHead.Kind.FINETUNED
+        top, engine = ask_child(near_duplicate, engine=True)
+        assert engine == f"embedding:all-MiniLM-L6-v2+router:v{head.pk}"
+        assert top == "shipping"
     finally:
         child.stdin.close()
         try:
