@@ -68,8 +68,11 @@ def test_revocation_by_another_process_takes_effect_within_a_second(client, api_
     assert models(client, raw) == 200
     ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
     revoked_at = time.monotonic()
-    while models(client, raw) == 200:
-        assert time.monotonic() - revoked_at < selectors.KEY_CACHE_SECONDS + 0.2
+    while True:
+        asked_at = time.monotonic()
+        if models(client, raw) != 200:
+            break
+        assert asked_at - revoked_at < 1.0  # the promise, whatever the TTL
         time.sleep(0.02)
     time.sleep(0.05)
     assert models(client, raw) == 401  # and it stays revoked
