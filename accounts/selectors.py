@@ -66,6 +66,21 @@ def api_key_cache_forget(key_hash: str | None = None) -> None:
     transaction.on_commit(forget)
 
 
+def api_key_cached(*, raw: object) -> ApiKey | None:
+    """The key for `raw` when this process's cache holds it fresh and its last_used_at needs
+    no write: no I/O, so the event loop may call it. None means "ask api_key_authenticate"
+    (it does not mean the key is invalid)."""
+    if not _could_be_a_key(raw):
+        return None
+    cached = _key_cache.get(hash_key(raw))
+    if cached is None or cached[0] <= time.monotonic():
+        return None
+    shared = cached[1]
+    if shared.last_used_at is None or timezone.now() - shared.last_used_at > LAST_USED_RESOLUTION:
+        return None
+    return copy.copy(shared)
+
+
 def api_key_authenticate(*, raw: object) -> ApiKey | None:
     """The active key for a raw bearer value (None for anything that cannot be one),
     touching last_used_at at most once a minute (per process)."""

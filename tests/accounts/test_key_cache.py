@@ -92,3 +92,29 @@ def test_unknown_keys_are_not_cached(api_key):
     for n in range(50):
         assert api_key_authenticate(raw=f"tf_guess{n}") is None
     assert selectors._key_cache == {}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_cached_key_is_admitted_on_the_event_loop(async_client, monkeypatch):
+    """ASGI requests with a fresh cached key skip the middleware's thread hop (in-process
+    rate limits); an unknown key, and a key revoked since, still get their 401 at once."""
+    from asgiref.sync import sync_to_async
+
+    from accounts import middleware
+
+    key, raw = await sync_to_async(ApiKey.issue)(name="loop")
+    hops = []
+    admit = middleware._admit
+    monkeypatch.setattr(middleware, "_admit", lambda request: hops.append(1) or admit(request))
+
+    async def status(value: str) -> int:
+        response = await async_client.get(
+            "/v1/models", headers={"Authorization": f"Bearer {value}"}
+        )
+        return response.status_code
+
+    assert await status(raw) == 200 and len(hops) == 1  # looked up (and cached) in the thread
+    assert await status(raw) == 200 and len(hops) == 1  # admitted on the loop
+    assert await status("tf_not-a-key") == 401 and len(hops) == 2
+    await sync_to_async(key.revoke)()
+    assert await status(raw) == 401
