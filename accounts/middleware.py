@@ -8,8 +8,8 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from accounts.permissions import Principal, principal_authorize
-from accounts.ratelimit import rate_limit_hit
-from accounts.selectors import api_key_authenticate
+from accounts.ratelimit import rate_limit_hit, rate_limits_in_process
+from accounts.selectors import api_key_authenticate, api_key_cached
 from tokenflow_site.errors import ApiError, database_unavailable, error_response_for
 
 PROTECTED_PREFIXES = ("/api/", "/v1/")
@@ -56,12 +56,13 @@ def _stale_session(request: HttpRequest, user) -> bool:
     return session is not None and SESSION_KEY in session
 
 
-def request_authorize(request: HttpRequest) -> Principal:
+def request_authorize(request: HttpRequest, *, lookup=None) -> Principal:
     """The caller of any HTTP request: an API key from the headers (which wins over a
     cookie) or a staff session (CSRF on unsafe methods); ApiError 401/403 otherwise.
-    The middleware calls it for /api/ and /v1/; other views (e.g. a private /metrics) too."""
+    The middleware calls it for /api/ and /v1/; other views (e.g. a private /metrics) too.
+    `lookup` finds the key for a raw value (the middleware's loop path passes the cache's)."""
     offered, raw = raw_api_key(request.headers)
-    key = api_key_authenticate(raw=raw) if raw else None
+    key = (lookup or api_key_authenticate)(raw=raw) if raw else None
     if offered and key is None:
         raise ApiError("Invalid or revoked API key.", code="unauthorized", status=401)
     user = None if offered else getattr(request, "user", None)
@@ -74,13 +75,13 @@ def request_authorize(request: HttpRequest) -> Principal:
     )
 
 
-def _authenticate(request: HttpRequest) -> HttpResponse | None:
+def _authenticate(request: HttpRequest, *, lookup=None) -> HttpResponse | None:
     """Set request.principal (and request.api_key), or return the 401/403/429 response."""
     request.principal, request.api_key, request.rate_limit = None, None, None
     if not request.path.startswith(PROTECTED_PREFIXES) or request.path.startswith(PUBLIC_PATHS):
         return None
     try:
-        request.principal = request_authorize(request)
+        request.principal = request_authorize(request, lookup=lookup)
     except ApiError as exc:
         return error_response_for(request, exc)
     request.api_key = key = request.principal.api_key
@@ -97,6 +98,19 @@ def _admit(request: HttpRequest) -> HttpResponse | None:
             raise
         request.rate_limit = None
         return error_response_for(request, unavailable)
+
+
+def _admit_on_loop(request: HttpRequest) -> tuple[bool, HttpResponse | None]:
+    """(admitted here, denial) without a thread hop, for the common case that does no I/O:
+    an API key this process has cached (accounts.selectors.api_key_cached) and rate limits
+    kept in process (the embedded default). (False, None) sends the request to `_admit`."""
+    _, raw = raw_api_key(request.headers)
+    if raw is None or not rate_limits_in_process():
+        return False, None
+    key = api_key_cached(raw=raw)
+    if key is None:
+        return False, None
+    return True, _authenticate(request, lookup=lambda raw: key)
 
 
 def _rate_limit(request: HttpRequest) -> HttpResponse | None:
@@ -156,8 +170,10 @@ class ApiKeyMiddleware:
 
     async def __acall__(self, request: HttpRequest):
         if request.path.startswith(PROTECTED_PREFIXES):
-            # request.user is lazy and hits the DB, so resolve everything in one thread hop.
-            denied = await sync_to_async(_admit)(request)
+            admitted, denied = _admit_on_loop(request)
+            if not admitted:
+                # request.user is lazy and hits the DB: resolve everything in one thread hop.
+                denied = await sync_to_async(_admit)(request)
         else:
             request.principal, request.api_key, request.rate_limit, denied = None, None, None, None
         response = denied or await self.get_response(request)

@@ -139,6 +139,11 @@ def _redis_client():
     return None
 
 
+def rate_limits_in_process() -> bool:
+    """Whether the limits live in this process (no Redis): checking them does no I/O."""
+    return not isinstance(caches["default"], RedisCache)
+
+
 def _gcra(key: str, *, now: float, interval: float, cost: float, mode: str) -> tuple[bool, float]:
     """(allowed, TAT - now after the call) for one GCRA step on `key`."""
     client = _redis_client()

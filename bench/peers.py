@@ -17,8 +17,9 @@ targets of issue 14 are printed and written to bench/results/peers.txt.
     .venv/bin/python bench/peers.py [--requests 40 --concurrent 200 --port-base 18500]
     .venv/bin/python bench/peers.py --baseline main  # + that revision, same run (before/after)
 
-`--baseline REV` also serves REV (exported with `git archive` into var/, daphne, same venv)
-as "tokenflow-REV", so an optimisation is measured against its baseline in one run.
+`--baseline REV` also serves REV (exported with `git archive` into var/, same venv; served by
+`--baseline-server`, uvicorn by default as `make serve` does) as "tokenflow-REV", so an
+optimisation is measured against its baseline in one run.
 """
 
 import argparse
@@ -238,7 +239,10 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--gap", type=float, default=0.01)
     parser.add_argument("--no-uvicorn", action="store_true", help="serve TokenFlow by daphne only")
-    parser.add_argument("--baseline", help="also serve this git revision (daphne), same run")
+    parser.add_argument("--baseline", help="also serve this git revision, same run")
+    parser.add_argument(
+        "--baseline-server", choices=("uvicorn", "daphne"), default="uvicorn", help="for REV"
+    )
     parser.add_argument("--port-base", type=int, default=0, help="use 5 ports from here")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -251,7 +255,9 @@ def main() -> None:
     servers = {}
     if args.baseline:
         root = baseline_export(args.baseline)
-        servers[f"tokenflow-{args.baseline}"] = Gateway(root, port=ports[4], **env)
+        servers[f"tokenflow-{args.baseline}"] = Gateway(
+            root, server=args.baseline_server, port=ports[4], **env
+        )
     servers["tokenflow-daphne"] = Gateway(port=ports[1], **env)
     if not args.no_uvicorn:
         servers["tokenflow-uvicorn"] = Gateway(server="uvicorn", port=ports[2], **env)

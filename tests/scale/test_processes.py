@@ -62,6 +62,20 @@ def test_rate_limits_hold_across_processes(stack):
         assert int(denied.headers["Retry-After"]) > 0
 
 
+def test_a_revoked_key_is_refused_by_every_process_within_a_second(stack):
+    a, b = stack.workers()
+    key, raw = issue()
+    for pid in (a, b):  # both processes now hold the key in their key cache
+        with stack.pinned(pid):
+            assert get(stack, "/v1/models", raw).status_code == 200
+    key.revoke()  # this (third) process: no signal reaches the workers
+    time.sleep(1.0)  # the promise: revocation takes effect everywhere within a second
+    for pid in (a, b):
+        with stack.pinned(pid):
+            denied = get(stack, "/v1/models", raw)
+        assert denied.status_code == 401, denied.text
+
+
 def test_batch_progress_reaches_a_socket_on_the_other_process(stack):
     a, b = stack.workers()
     _, raw = issue()
