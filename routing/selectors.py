@@ -50,6 +50,17 @@ def _usage_group(queryset: QuerySet, group_by: str, *, model: str, key: str) -> 
     )
 
 
+def _usage_sums(failed: str) -> dict[str, Any]:
+    """The aggregates generations and batch attempts share (`failed`: their failed status)."""
+    return {
+        "requests": Count("id"),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "cost_usd": Sum("cost_usd"),
+        "errors": Count("id", filter=Q(status=failed)),
+    }
+
+
 def usage_summary(
     *,
     principal: Principal,
@@ -70,13 +81,9 @@ def usage_summary(
         model="model_name",
         key="api_key",
     ).annotate(
-        requests=Count("id"),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        cost_usd=Sum("cost_usd"),
+        **_usage_sums(Generation.Status.FAILED),
         cache_hits=Count("id", filter=hits),
         saved_usd=Sum("cost_saved_usd"),
-        errors=Count("id", filter=Q(status=Generation.Status.FAILED)),
     )
     attempts = _usage_group(
         owned_by(BatchAttempt.objects.order_by(), principal, field="item__job__api_key").filter(
@@ -85,13 +92,7 @@ def usage_summary(
         group_by,
         model="model_name",
         key="item__job__api_key",
-    ).annotate(
-        requests=Count("id"),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        cost_usd=Sum("cost_usd"),
-        errors=Count("id", filter=Q(status=BatchAttempt.Status.FAILED)),
-    )
+    ).annotate(**_usage_sums(BatchAttempt.Status.FAILED))
     groups: dict[tuple, dict[str, Any]] = {}
     for row in [*generations, *attempts]:
         ident = tuple(v for k, v in sorted(row.items()) if k.startswith("g_"))

@@ -37,6 +37,18 @@ IN, CACHED, OUT = Decimal("3000"), Decimal("1500"), Decimal("15000")
 MTOK = Decimal(1_000_000)
 
 
+def key_socket(headers: dict[str, str]) -> WebsocketCommunicator:
+    """A /ws/generate/ socket authenticated by the API key in `headers`."""
+    return WebsocketCommunicator(
+        application,
+        "/ws/generate/",
+        headers=[
+            (b"origin", b"http://testserver"),
+            (b"authorization", headers["Authorization"].encode()),
+        ],
+    )
+
+
 @pytest.fixture(autouse=True)
 def fresh_counters():
     """Test databases reuse primary keys: forget budget counters of earlier tests."""
@@ -114,14 +126,7 @@ async def test_sse_ndjson_and_detail_carry_the_cost_of_the_stored_tokens(async_c
 async def test_websocket_end_carries_the_cost(async_client):
     model = await sync_to_async(priced)(response="one two three")
     _key, headers = await sync_to_async(issue)()
-    socket = WebsocketCommunicator(
-        application,
-        "/ws/generate/",
-        headers=[
-            (b"origin", b"http://testserver"),
-            (b"authorization", headers["Authorization"].encode()),
-        ],
-    )
+    socket = key_socket(headers)
     assert (await socket.connect(timeout=10))[0]
     try:
         await socket.send_json_to({"type": "generate", "model": model.name, "prompt": "x"})
@@ -267,14 +272,7 @@ async def test_a_spent_budget_is_a_429_before_any_upstream_call_on_every_path(
             assert error["type"] and "message" in error  # OpenAI's shape
         assert response[BUDGET_HEADER] == "0.000000"
         assert int(response["Retry-After"]) >= 1
-    socket = WebsocketCommunicator(
-        application,
-        "/ws/generate/",
-        headers=[
-            (b"origin", b"http://testserver"),
-            (b"authorization", headers["Authorization"].encode()),
-        ],
-    )
+    socket = key_socket(headers)
     assert (await socket.connect(timeout=10))[0]
     await socket.send_json_to({"type": "generate", "model": model.name, "prompt": "x"})
     message = await socket.receive_json_from(timeout=10)
