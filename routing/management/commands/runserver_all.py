@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -69,6 +70,10 @@ def server_command(server: str, host: str, port: str) -> list[str]:
     ]
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = (
         "Run the ASGI server (uvicorn, or daphne with --server daphne) plus the background "
@@ -88,6 +93,8 @@ class Command(BaseCommand):
         ]
         processes = [subprocess.Popen(command) for command in commands]
         self.stdout.write(f"TokenFlow ({server}) on http://{host}:{port}/", ending="\n")
+        # SIGTERM (a process manager, `kill`) stops the children too, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             processes[0].wait()
         except KeyboardInterrupt:
