@@ -535,7 +535,7 @@ def _prepared(
     return PreparedGeneration(generation, choice)
 
 
-def _cost_fill(generation: Generation) -> None:
+def cost_fill(generation: Generation) -> None:
     """Set cost_usd from the row's tokens (unless already set, e.g. a cache hit). A failed
     or cancelled call that the upstream had started answering costs its prompt and the
     output it produced; one that never got an answer costs nothing."""
@@ -562,7 +562,7 @@ def _finish(generation: Generation, status: str, **fields: Any) -> None:
     generation.finished_at = timezone.now()
     for name, value in fields.items():
         setattr(generation, name, value)
-    _cost_fill(generation)
+    cost_fill(generation)
     generation.save()
     hold = getattr(generation, "budget_hold", None)
     if hold is not None:

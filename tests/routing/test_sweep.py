@@ -81,3 +81,29 @@ async def test_partial_text_is_checkpointed_while_streaming(settings):
                 break  # the client goes away: the row is cancelled with its text
     row = await Generation.objects.aget(pk=generation.pk)
     assert row.status == "cancelled" and row.output_text.count("w") == 25
+
+
+def test_a_swept_stream_costs_the_prompt_and_the_partial_output_it_used():
+    from decimal import Decimal
+
+    from routing.tokens import count_message_tokens, count_tokens
+
+    model = mock_model()
+    model.input_price_per_mtok, model.output_price_per_mtok = Decimal(3000), Decimal(15000)
+    model.save()
+    messages = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
+    started = make("streaming", timedelta(hours=2))
+    queued = make("queued", timedelta(hours=2))
+    Generation.objects.filter(pk__in=[started.pk, queued.pk]).update(
+        model=model, input_messages=messages, output_text="Once upon a time, a keeper"
+    )
+    Generation.objects.filter(pk=started.pk).update(ttft_ms=120.0)
+    call_command("sweep_generations", "--older-than", "3600")
+    started.refresh_from_db()
+    queued.refresh_from_db()
+    prompt, completion = count_message_tokens(messages), count_tokens("Once upon a time, a keeper")
+    assert (started.prompt_tokens, started.completion_tokens) == (prompt, completion)
+    by_hand = (prompt * Decimal(3000) + completion * Decimal(15000)) / Decimal(1_000_000)
+    assert started.cost_usd == pytest.approx(by_hand)
+    assert started.cost_usd > 0 and started.status == "failed"
+    assert queued.cost_usd == 0 and queued.status == "failed"  # never answered: costs nothing
