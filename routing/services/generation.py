@@ -535,6 +535,11 @@ def _prepared(
     return PreparedGeneration(generation, choice)
 
 
+def _output_tokens(text: str, tool_calls: list[dict[str, Any]] | None) -> int:
+    """Tokens of a model's output (text and tool calls), when the upstream did not say."""
+    return count_tokens(text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or []))
+
+
 def cost_fill(generation: Generation) -> None:
     """Set cost_usd from the row's tokens (unless already set, e.g. a cache hit). A failed
     or cancelled call that the upstream had started answering costs its prompt and the
@@ -545,9 +550,8 @@ def cost_fill(generation: Generation) -> None:
         if generation.prompt_tokens is None:
             generation.prompt_tokens = _prompt_estimate(generation)
         if generation.completion_tokens is None:
-            generation.completion_tokens = count_tokens(
-                (generation.output_text or "")
-                + "".join(message_text({"tool_calls": [c]}) for c in generation.tool_calls or [])
+            generation.completion_tokens = _output_tokens(
+                generation.output_text or "", generation.tool_calls
             )
     generation.cost_usd = generation_cost(
         generation.model,
@@ -966,9 +970,7 @@ async def _run(
     prompt_tokens = usage.get("prompt_tokens") or _prompt_estimate(generation)
     completion_tokens = usage.get("completion_tokens")
     if completion_tokens is None:  # the upstream said nothing: count text and tool calls
-        completion_tokens = count_tokens(
-            text + "".join(message_text({"tool_calls": [c]}) for c in tool_calls or [])
-        )
+        completion_tokens = _output_tokens(text, tool_calls)
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     cancelled = bool(state.get("cancel_requested"))
     await _settle(state)
