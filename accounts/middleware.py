@@ -139,17 +139,25 @@ def _with_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:
 
 def _budget_headers(request: HttpRequest) -> None:
     """x-tokenflow-budget-remaining for keys with a budget (read after the view ran, so a
-    stream's own reservation is counted)."""
+    stream's own reservation is counted; a request that reserved already knows its key's
+    spend)."""
     from routing.services.spend import budget_header
 
     key = getattr(request, "api_key", None)
-    if key is None or key.max_budget_usd is None:
-        request.budget_headers = {}
-        return
     try:
-        request.budget_headers = budget_header(key)
+        request.budget_headers = budget_header(key, getattr(key, "budget_spent_seen", None))
     except Exception:  # noqa: BLE001 - a header must never fail the response
         request.budget_headers = {}
+
+
+def _budget_lookup_needed(request: HttpRequest) -> bool:
+    """The key has a budget and this request did not learn its spend: a cache read."""
+    key = getattr(request, "api_key", None)
+    return (
+        key is not None
+        and key.max_budget_usd is not None
+        and getattr(key, "budget_spent_seen", None) is None
+    )
 
 
 class ApiKeyMiddleware:
@@ -177,13 +185,8 @@ class ApiKeyMiddleware:
         else:
             request.principal, request.api_key, request.rate_limit, denied = None, None, None, None
         response = denied or await self.get_response(request)
-        key = getattr(request, "api_key", None)
-        if key is not None and key.max_budget_usd is not None:
-            seen = getattr(key, "budget_spent_seen", None)
-            if seen is not None:  # the request reserved: its spend is known (no thread hop)
-                from routing.services.spend import budget_header
-
-                request.budget_headers = budget_header(key, seen)
-            else:
-                await sync_to_async(_budget_headers)(request)
+        if _budget_lookup_needed(request):
+            await sync_to_async(_budget_headers)(request)
+        else:
+            _budget_headers(request)  # no budget, or its spend already known: no thread hop
         return _with_headers(request, response)
