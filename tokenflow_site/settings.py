@@ -420,6 +420,9 @@ TOKENFLOW_PROCESS_MAX_MESSAGE_CHARS = int(
 # A run still "running" this long after its pipeline deadline is considered abandoned
 # (its process died) and the same message_id may run again.
 TOKENFLOW_PROCESS_STALE_GRACE = float(os.environ.get("TOKENFLOW_PROCESS_STALE_GRACE", 60))
+# How often a process re-reads the API keys it admits on the event loop (accounts.selectors);
+# 0 = never (a key is then looked up in a thread once its 1 s cache entry expires).
+TOKENFLOW_KEY_REFRESH_SECONDS = float(os.environ.get("TOKENFLOW_KEY_REFRESH_SECONDS", 0.5))
 # Per-key defaults (ApiKey.requests_per_minute / tokens_per_minute override); 0 = unlimited.
 TOKENFLOW_RATE_LIMIT_RPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_RPM", 0))
 TOKENFLOW_RATE_LIMIT_TPM = int(os.environ.get("TOKENFLOW_RATE_LIMIT_TPM", 0))

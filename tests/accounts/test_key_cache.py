@@ -2,6 +2,7 @@
 entry is fresh, and revocation still takes effect within KEY_CACHE_SECONDS (at once for
 changes saved in this process, within the TTL for writes another process made)."""
 
+import asyncio
 import time
 
 import pytest
@@ -121,3 +122,58 @@ async def test_a_cached_key_is_admitted_on_the_event_loop(async_client, monkeypa
     assert await status("tf_not-a-key") == 401 and len(hops) == 2
     await sync_to_async(key.revoke)()
     assert await status(raw) == 401
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_refresher_keeps_a_key_fresh_and_still_sees_revocations(
+    async_client, monkeypatch, settings
+):
+    """A key used less than once a second stays admitted on the loop (its entry is re-read
+    in the background every TOKENFLOW_KEY_REFRESH_SECONDS), and a revocation written by
+    another process (no signal here) still takes effect within the second."""
+    from asgiref.sync import sync_to_async
+
+    from accounts import middleware
+    from accounts.ratelimit import rate_limits_in_process
+
+    if not rate_limits_in_process():
+        pytest.skip("rate limits in Redis (a network call): admission keeps its thread hop")
+    settings.TOKENFLOW_KEY_REFRESH_SECONDS = 0.2
+    key, raw = await sync_to_async(ApiKey.issue)(name="refreshed")
+    hops = []
+    admit = middleware._admit
+    monkeypatch.setattr(middleware, "_admit", lambda request: hops.append(1) or admit(request))
+
+    async def status() -> int:
+        response = await async_client.get("/v1/models", headers={"Authorization": f"Bearer {raw}"})
+        return response.status_code
+
+    assert await status() == 200 and len(hops) == 1
+    await asyncio.sleep(selectors.KEY_CACHE_SECONDS + 0.5)  # the entry alone would be stale
+    assert await status() == 200 and len(hops) == 1  # refreshed meanwhile: no thread hop
+    await sync_to_async(ApiKey.objects.filter(pk=key.pk).update)(revoked_at=timezone.now())
+    revoked_at = time.monotonic()
+    while await status() == 200:
+        assert time.monotonic() - revoked_at < 1.0
+        await asyncio.sleep(0.02)
+    assert await status() == 401
+
+
+def test_a_refresh_that_read_before_a_forget_puts_nothing_back(api_key):
+    key, raw = api_key
+    selectors.api_key_cache_forget()
+    epoch = selectors._key_epoch
+    real = ApiKey.objects.active
+
+    def active():  # a change in this process lands while the refresh query runs
+        selectors.api_key_cache_forget()
+        return real()
+
+    ApiKey.objects.active = active
+    try:
+        selectors._keys_refresh([key.key_hash])
+    finally:
+        ApiKey.objects.active = real
+    assert selectors._key_epoch > epoch and key.key_hash not in selectors._key_cache
+    selectors._keys_refresh([key.key_hash])
+    assert key.key_hash in selectors._key_cache
