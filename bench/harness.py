@@ -151,7 +151,7 @@ class Gateway:
 
 
 def start_mock_upstream(
-    chunks: int, gap: float, port: int | None = None
+    chunks: int, gap: float, port: int | None = None, pacing: str = "relative"
 ) -> tuple[subprocess.Popen, str]:
     port = port or free_port()
     process = subprocess.Popen(
@@ -164,6 +164,8 @@ def start_mock_upstream(
             str(chunks),
             "--gap",
             str(gap),
+            "--pacing",
+            pacing,
         ],
         stdout=subprocess.DEVNULL,
     )

@@ -13,7 +13,7 @@ a conversation ending with `tool` messages is answered "tool results: ..."; a
 `response_format` is answered with JSON naming it; image parts are counted in the answer.
 `POST /v1/embeddings` answers deterministic vectors (`?dimensions=N`, default 8).
 
-    .venv/bin/python bench/mock_upstream.py --port 8911 --chunks 50 --gap 0.02
+    .venv/bin/python bench/mock_upstream.py --port 8911 --chunks 50 --gap 0.02 [--pacing absolute]
 """
 
 import argparse
@@ -26,9 +26,13 @@ from urllib.parse import parse_qs
 
 
 class MockUpstream:
-    def __init__(self, *, chunks: int = 20, gap: float = 0.02) -> None:
+    def __init__(self, *, chunks: int = 20, gap: float = 0.02, pacing: str = "relative") -> None:
         self.chunks = chunks
         self.gap = gap
+        # relative: sleep `gap` after each chunk (a busy machine stretches the stream);
+        # absolute: chunk i is due `(i + 1) * gap` after the head, as a real model's tokens
+        # are (its pace does not depend on how busy its client's machine is).
+        self.pacing = pacing
         self.log: list[tuple[str, str]] = []
         self.calls: defaultdict[str, int] = defaultdict(int)
         self.requests: list[dict] = []
@@ -118,11 +122,15 @@ class MockUpstream:
         self.log.append(("start", model))
         self._send_head(writer, 200, "text/event-stream")
         stall_after = int(query.get("stall_after", 10**9))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             for index in range(chunks):
                 if index >= stall_after:
                     await asyncio.sleep(3600)
-                if gap:
+                if gap and self.pacing == "absolute":
+                    await asyncio.sleep(max(0.0, started + (index + 1) * gap - loop.time()))
+                elif gap:
                     await asyncio.sleep(gap)
                 _chunk(writer, chunk(model, f" tok{index}", sent_at=time.time()))
                 await writer.drain()
@@ -302,7 +310,7 @@ def completion(model: str, text: str, completion_tokens: int) -> dict:
 
 
 async def _main(args) -> None:
-    upstream = MockUpstream(chunks=args.chunks, gap=args.gap)
+    upstream = MockUpstream(chunks=args.chunks, gap=args.gap, pacing=args.pacing)
     port = await upstream.start(args.host, args.port)
     print(f"mock upstream on http://{args.host}:{port}/v1", flush=True)
     await asyncio.Event().wait()
@@ -314,5 +322,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8911)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.02)
+    parser.add_argument("--pacing", choices=("relative", "absolute"), default="relative")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(parser.parse_args()))

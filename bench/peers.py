@@ -185,7 +185,8 @@ def report(args, version: str, seq: dict, conc: dict) -> list[str]:
     lines = [
         f"peers: {args.requests} sequential streams per target (alternating), {args.concurrent} "
         f"concurrent streams per target; mock upstream {args.chunks} chunks {args.gap * 1000:.0f} "
-        f"ms apart; LiteLLM {version} (1 worker, no database); TokenFlow on SQLite",
+        f"ms apart ({args.pacing} pacing); LiteLLM {version} (1 worker, no database); "
+        "TokenFlow on SQLite",
         "",
         f"{'target':22s} {'TTFT p50':>9s} {'total p50':>10s} {'added TTFT':>11s} "
         f"{'added total':>12s} | {'conc wall s':>11s} {'conc TTFT p50':>14s} {'errors':>7s}",
@@ -238,6 +239,14 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--gap", type=float, default=0.01)
+    parser.add_argument(
+        "--pacing",
+        choices=("absolute", "relative"),
+        default="absolute",
+        help="the mock's chunk schedule: absolute (chunk i due (i+1)*gap after the head) or "
+        "relative (sleep gap after each chunk: CPU contention from whoever reads the stream "
+        "stretches it, which the issue's first figures included)",
+    )
     parser.add_argument("--no-uvicorn", action="store_true", help="serve TokenFlow by daphne only")
     parser.add_argument("--baseline", help="also serve this git revision, same run")
     parser.add_argument(
@@ -249,7 +258,7 @@ def main() -> None:
     ports = [args.port_base + i if args.port_base else None for i in range(5)]
     litellm_install()
     version = litellm_version()
-    mock, upstream = start_mock_upstream(args.chunks, args.gap, port=ports[0])
+    mock, upstream = start_mock_upstream(args.chunks, args.gap, port=ports[0], pacing=args.pacing)
     # One key opens all C streams: lift the per-key cap on open streams (64 by default).
     env = {"TOKENFLOW_MAX_STREAMS_PER_KEY": "0"}
     servers = {}
