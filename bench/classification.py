@@ -206,7 +206,7 @@ def learning(classifier) -> None:
     say("held-out accuracy (150 prompts), seed 0 | mean of the seeds | ECE (seed 0):")
     for name, values in table.items():
         say(
-            f"  {name:36s} {values[0]:.1%} | {statistics.mean(values):.1%} "
+            f"  {name:48s} {values[0]:.1%} | {statistics.mean(values):.1%} "
             f"(min {min(values):.1%}, max {max(values):.1%}; seeds 0-{len(values) - 1}) "
             f"| ECE {eces[name]:.3f}"
         )

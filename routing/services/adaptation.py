@@ -32,8 +32,8 @@ from routing.models import Classification, RouterAdaptation
 from tokenflow_site.errors import ApiError
 
 WEIGHT = 0.75
-TEMPERATURE = 0.05
-ROUNDS = 5
+TEMPERATURE = 0.1
+ROUNDS = 3
 MIN_PROMPTS = 60  # bench: 30 prompts gain about half as much as 105
 LIMIT = 5000  # most recent classifications
 MAX_SETS = 5  # label sets adapted besides the routing table's

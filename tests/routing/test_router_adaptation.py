@@ -131,7 +131,7 @@ def test_adapting_to_traffic_improves_bare_labels_on_new_prompts(minilm, client,
 
 @pytest.mark.model
 @pytest.mark.django_db
-def test_the_routing_tables_label_set_is_adapted_on_all_recent_prompts(minilm):
+def test_the_routing_tables_label_set_is_adapted_on_all_recent_prompts(minilm, staff_client):
     CategoryRoute.objects.all().delete()
     model = mock_model()
     described = json.loads(
@@ -152,3 +152,16 @@ def test_the_routing_tables_label_set_is_adapted_on_all_recent_prompts(minilm):
     assert row.report["corrected_prompts"] == 1
     assert sum(row.report["adapted_counts"].values()) == len(prompts)
     assert classification_create(prompt=ROWS[1]["prompt"]).engine.endswith(f"+adapted:v{row.pk}")
+
+    # staff: the same from the admin's classification list; the old one is deactivated
+    response = staff_client.post(
+        "/admin/routing/classification/",
+        {"action": "adapt_router_action", "_selected_action": [corrected.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    newest = RouterAdaptation.objects.get(active=True)
+    assert newest.pk != row.pk and newest.created_by is not None
+    assert f"Adaptation v{newest.pk}" in response.content.decode()
+    response = staff_client.get(f"/admin/routing/routeradaptation/{newest.pk}/change/")
+    assert response.status_code == 200 and "corrected_prompts" in response.content.decode()
