@@ -97,6 +97,9 @@ def _classify(prompt: str, categories: list[Category], multi_label: bool, head=N
         options["head"] = head[0]
         engine = f"{engine}+router:v{head[0].version}"
     adaptation = head[2] if head and len(head) > 2 else None
+    labels = {c.label for c in categories}
+    if "head" in options and labels <= set(options["head"].labels):
+        adaptation = None  # the router scores every category: zero-shot gets no mass
     if adaptation is not None and not multi_label and adaptation.engine == engine_of(classifier):
         options["adaptation"] = adaptation
         engine = f"{engine}+adapted:v{adaptation.version}"

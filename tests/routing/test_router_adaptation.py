@@ -3,14 +3,19 @@ prompts without labels, stored versioned, used for the label sets they cover."""
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from routing.classifiers import get_classifier
 from routing.classifiers.base import Category
+from routing.classifiers.cache import routes_changed
 from routing.models import CategoryRoute, Classification, RouterAdaptation
 from routing.services.adaptation import Adaptation, adapt_fit
 from routing.services.classification import classification_create
@@ -165,3 +170,66 @@ def test_the_routing_tables_label_set_is_adapted_on_all_recent_prompts(minilm, s
     assert f"Adaptation v{newest.pk}" in response.content.decode()
     response = staff_client.get(f"/admin/routing/routeradaptation/{newest.pk}/change/")
     assert response.status_code == 200 and "corrected_prompts" in response.content.decode()
+
+
+CHILD = """
+import sys
+import django
+django.setup()
+from routing.services.classification import classification_create
+for line in sys.stdin:
+    print(classification_create(prompt=line.strip()).engine, flush=True)
+"""
+
+
+@pytest.mark.model
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    not (os.environ.get("DATABASE_URL", "").startswith("postgres") and os.environ.get("REDIS_URL")),
+    reason="needs DATABASE_URL (PostgreSQL) and REDIS_URL",
+)
+def test_an_adaptation_reaches_another_process_without_a_restart(minilm):
+    CategoryRoute.objects.all().delete()
+    model = mock_model()
+    for label in ("coding", "translation", "casual-conversation"):
+        route(label, model)
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "DJANGO_SETTINGS_MODULE": "tokenflow_site.settings",
+        },
+        cwd=django_settings.BASE_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask_child(prompt: str) -> str:
+        child.stdin.write(prompt + "\n")
+        child.stdin.flush()
+        return child.stdout.readline().strip()
+
+    try:
+        assert ask_child("How do I say thank you in German?") == "embedding:all-MiniLM-L6-v2"
+        for row in [r for r in ROWS if r["label"] in {"coding", "translation"}][:20]:
+            classification_create(prompt=row["prompt"])
+        call_command("adapt_router", "--min-prompts", "20", stdout=io.StringIO())
+        row = RouterAdaptation.objects.get(active=True)
+        assert ask_child("How do I say thank you in German?").endswith(f"+adapted:v{row.pk}")
+        RouterAdaptation.objects.filter(pk=row.pk).update(active=False)  # as the admin does
+        routes_changed()
+        assert ask_child("How do I say thank you in German?") == "embedding:all-MiniLM-L6-v2"
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        assert child.returncode == 0, child.stderr.read()
