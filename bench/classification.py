@@ -282,24 +282,32 @@ def learning(classifier) -> None:
         rounds=1,
     )
     torch.set_num_threads(1)
-    for name, options in (
-        ("descriptions + 5 examples", {}),
-        ("+ trained head", {"head": head}),
-        ("+ traffic adaptation", {"adaptation": first_adaptation}),
-        (f"+ fine-tuned router (top {TOP_LAYERS} layers)", {"head": first_finetuned}),
-        (
-            f"+ fine-tuned router on 5 of the 6 (base and router top {TOP_LAYERS} layers)",
-            {"head": five_of_six},
-        ),
-    ):
+    timings = {
+        "descriptions + 5 examples": {},
+        "+ trained head": {"head": head},
+        "+ traffic adaptation": {"adaptation": first_adaptation},
+        f"+ fine-tuned router (top {TOP_LAYERS} layers)": {"head": first_finetuned},
+        f"+ fine-tuned router on 5 of the 6 (base and router top {TOP_LAYERS} layers)": {
+            "head": five_of_six
+        },
+    }
+    for options in timings.values():
         timed(lambda o=options: classifier.classify(prompt, five, **o), 10)
-        cpu_started = time.process_time()
-        times = timed(lambda o=options: classifier.classify(prompt, five, **o), 100)
-        cpu_ms = (time.process_time() - cpu_started) * 1000 / 100
+    # interleaved (one call of each per round), so load from other processes hits all alike
+    times = {name: [] for name in timings}
+    cpu = dict.fromkeys(timings, 0.0)
+    for _ in range(100):
+        for name, options in timings.items():
+            cpu_started = time.process_time()
+            times[name] += timed(lambda o=options: classifier.classify(prompt, five, **o), 1)
+            cpu[name] += time.process_time() - cpu_started
+    base = statistics.median(times["descriptions + 5 examples"])
+    for name, values in times.items():
         say(
             f"latency, 1 prompt x 6 categories x 5 examples, {name}, 1 thread: p50 "
-            f"{statistics.median(times):.1f} ms, p90 {sorted(times)[89]:.1f} ms (CPU "
-            f"{cpu_ms:.1f} ms per call; load average {os.getloadavg()[0]:.1f})"
+            f"{statistics.median(values):.1f} ms ({statistics.median(values) / base:.2f}x), "
+            f"p90 {sorted(values)[89]:.1f} ms (CPU {cpu[name] * 1000 / 100:.1f} ms per call; "
+            f"interleaved; load average {os.getloadavg()[0]:.1f})"
         )
     texts = [r["prompt"] for r in rows]
     for max_batch in (1, 16):
