@@ -14,8 +14,8 @@ At classification time (single-label, the embedding classifier) the score of cat
 becomes (zero-shot + WEIGHT * cos(prompt - mean, prototype_c)) / (1 + WEIGHT), when every
 requested label was adapted (routing.services.routes.RoutingTable.adaptation_for);
 otherwise zero-shot is unchanged. bench/classification.py --learning measures it on
-held-out prompts that were not in the adaptation pool: bare labels 69.9% -> ~85%,
-descriptions 73.5% -> ~91% (bench/results/classification_learning.txt); WEIGHT,
+held-out prompts that were not in the adaptation pool: bare labels 69.9% -> 83.5%,
+descriptions 73.5% -> 89.5% (seeds 0-4; bench/results/classification_learning.txt); WEIGHT,
 TEMPERATURE and ROUNDS were picked on a different labelled set,
 bench/data/classification.jsonl (bench/adaptation_tuning.py).
 """
