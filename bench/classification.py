@@ -7,10 +7,12 @@ Learning router (issue 12): bench/data/routing.jsonl, 180 hand-written prompts i
 everyday categories (30 each) with one-sentence descriptions in
 bench/data/routing_categories.json, split per category with a fixed seed into 5 example
 utterances and 25 held-out test prompts. Reports held-out accuracy with bare labels,
-descriptions only, descriptions + 5 examples, a linear head on the 5 examples, the
-fine-tuned router on the 5 examples (seeds 0-2; `--top-layers N` to try another K), their
-calibration error, p50 latency for one prompt x 6 categories x 5 examples, and both
-trained routers' 5-fold cross-validated accuracy against zero-shot on the same folds.
+descriptions only, descriptions + 5 examples, each of these three with a traffic
+adaptation learnt without labels from prompts disjoint from the reported ones
+(routing.services.adaptation), a linear head on the 5 examples, the fine-tuned router
+on the 5 examples (seeds 0-2; `--top-layers N` to try another K), their calibration error,
+p50 latency for one prompt x 6 categories x 5 examples, and both trained routers' 5-fold
+cross-validated accuracy against zero-shot on the same folds.
 
 Reports accuracy on bench/data/classification.jsonl with bare labels and with the
 descriptions of bench/data/classification_categories.json, the prompts that fail,
@@ -84,6 +86,7 @@ def split(rows, labels, seed: int, k: int = 5):
 
 
 FINETUNE_SEEDS = 3
+ADAPTED = ("bare labels", "descriptions only", "descriptions + 5 examples")
 
 
 def top_layers() -> int:
@@ -98,6 +101,7 @@ def top_layers() -> int:
 
 def learning(classifier) -> None:
     from routing.classifiers.embedding import LinearHead
+    from routing.services.adaptation import WEIGHT, Adaptation, adapt_fit
     from routing.services.evaluation import expected_calibration_error
     from routing.services.training import (
         CV_ROUNDS,
@@ -118,8 +122,10 @@ def learning(classifier) -> None:
         f"({', '.join(labels)}); per category 5 examples + 25 held-out (seeded split)"
     )
 
-    def run(categories, test, head=None):
-        results = classifier.classify_many([r["prompt"] for r in test], categories, head=head)
+    def run(categories, test, head=None, adaptation=None):
+        results = classifier.classify_many(
+            [r["prompt"] for r in test], categories, head=head, adaptation=adaptation
+        )
         tops = [r.ranked()[0] for r in results]
         hits = [top == row["label"] for (top, _), row in zip(tops, test, strict=True)]
         ece = expected_calibration_error([c for _, c in tops], hits)
@@ -170,13 +176,62 @@ def learning(classifier) -> None:
             table.setdefault(name, []).append(acc)
             if seed == 0:
                 eces[name] = ece
+        # Traffic adaptation (routing.services.adaptation), no labels: the held-out prompts
+        # are split in two seeded halves; each half is scored by an adaptation fitted on
+        # the OTHER half's prompts + the 30 example prompts, all unlabelled.
+        order = random.Random(100 + seed).sample(range(len(test)), len(test))
+        halves = (order[: len(order) // 2], order[len(order) // 2 :])
+        for name in ADAPTED:
+            categories = variants[name][0]
+            labels_of = [c.label for c in categories]
+            hits, confidences = [], []
+            for scored, pool_half in (halves, halves[::-1]):
+                pool = [r["prompt"] for r in examples] + [test[i]["prompt"] for i in pool_half]
+                embedded = classifier.example_vectors(pool)
+                zero_shot = classifier.similarities(pool, categories, embedded=embedded)
+                prototypes, center = adapt_fit(zero_shot, embedded)
+                adaptation = Adaptation(tuple(labels_of), prototypes, center, WEIGHT)
+                rows_scored = [test[i] for i in scored]
+                results = classifier.classify_many(
+                    [r["prompt"] for r in rows_scored], categories, adaptation=adaptation
+                )
+                for row, result in zip(rows_scored, results, strict=True):
+                    top, confidence = result.ranked()[0]
+                    hits.append(top == row["label"])
+                    confidences.append(confidence)
+            key = f"{name} + traffic adaptation"
+            table.setdefault(key, []).append(sum(hits) / len(hits))
+            if seed == 0:
+                eces[key] = expected_calibration_error(confidences, hits)
+                if name == "descriptions + 5 examples":
+                    first_adaptation = adaptation
+        for name in ADAPTED[:2]:  # a small pool: only the 30 example prompts, unlabelled
+            categories = variants[name][0]
+            pool = [r["prompt"] for r in examples]
+            embedded = classifier.example_vectors(pool)
+            zero_shot = classifier.similarities(pool, categories, embedded=embedded)
+            prototypes, center = adapt_fit(zero_shot, embedded)
+            adaptation = Adaptation(tuple(c.label for c in categories), prototypes, center, WEIGHT)
+            acc, ece = run(categories, test, adaptation=adaptation)
+            key = f"{name} + adaptation, 30-prompt pool"
+            table.setdefault(key, []).append(acc)
+            if seed == 0:
+                eces[key] = ece
     say("held-out accuracy (150 prompts), seed 0 | mean of the seeds | ECE (seed 0):")
     for name, values in table.items():
         say(
-            f"  {name:36s} {values[0]:.1%} | {statistics.mean(values):.1%} "
+            f"  {name:48s} {values[0]:.1%} | {statistics.mean(values):.1%} "
             f"(min {min(values):.1%}, max {max(values):.1%}; seeds 0-{len(values) - 1}) "
             f"| ECE {eces[name]:.3f}"
         )
+    say(
+        "  (+ traffic adaptation: prototypes learnt without labels from 105 unlabelled prompts, "
+        "the 30 example prompts + half of the held-out ones; each held-out half is scored by "
+        "the adaptation fitted on the other half: no reported prompt was in its pool; "
+        "weight, temperature and rounds tuned on bench/data/classification.jsonl, "
+        "bench/adaptation_tuning.py; 30-prompt pool: fitted on the example prompts only, "
+        "scored on all 150 held-out prompts)"
+    )
     say(
         f"  ({tuned}: top {TOP_LAYERS} of 6 layers fine-tuned, lr {LEARNING_RATE:g}, {ROUNDS} "
         f"rounds of pair sampling on 5 examples + the description per category, training "
@@ -227,23 +282,32 @@ def learning(classifier) -> None:
         rounds=1,
     )
     torch.set_num_threads(1)
-    for name, options in (
-        ("descriptions + 5 examples", {}),
-        ("+ trained head", {"head": head}),
-        (f"+ fine-tuned router (top {TOP_LAYERS} layers)", {"head": first_finetuned}),
-        (
-            f"+ fine-tuned router on 5 of the 6 (base and router top {TOP_LAYERS} layers)",
-            {"head": five_of_six},
-        ),
-    ):
+    timings = {
+        "descriptions + 5 examples": {},
+        "+ trained head": {"head": head},
+        "+ traffic adaptation": {"adaptation": first_adaptation},
+        f"+ fine-tuned router (top {TOP_LAYERS} layers)": {"head": first_finetuned},
+        f"+ fine-tuned router on 5 of the 6 (base and router top {TOP_LAYERS} layers)": {
+            "head": five_of_six
+        },
+    }
+    for options in timings.values():
         timed(lambda o=options: classifier.classify(prompt, five, **o), 10)
-        cpu_started = time.process_time()
-        times = timed(lambda o=options: classifier.classify(prompt, five, **o), 100)
-        cpu_ms = (time.process_time() - cpu_started) * 1000 / 100
+    # interleaved (one call of each per round), so load from other processes hits all alike
+    times = {name: [] for name in timings}
+    cpu = dict.fromkeys(timings, 0.0)
+    for _ in range(100):
+        for name, options in timings.items():
+            cpu_started = time.process_time()
+            times[name] += timed(lambda o=options: classifier.classify(prompt, five, **o), 1)
+            cpu[name] += time.process_time() - cpu_started
+    base = statistics.median(times["descriptions + 5 examples"])
+    for name, values in times.items():
         say(
             f"latency, 1 prompt x 6 categories x 5 examples, {name}, 1 thread: p50 "
-            f"{statistics.median(times):.1f} ms, p90 {sorted(times)[89]:.1f} ms (CPU "
-            f"{cpu_ms:.1f} ms per call; load average {os.getloadavg()[0]:.1f})"
+            f"{statistics.median(values):.1f} ms ({statistics.median(values) / base:.2f}x), "
+            f"p90 {sorted(values)[89]:.1f} ms (CPU {cpu[name] * 1000 / 100:.1f} ms per call; "
+            f"interleaved; load average {os.getloadavg()[0]:.1f})"
         )
     texts = [r["prompt"] for r in rows]
     for max_batch in (1, 16):

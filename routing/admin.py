@@ -23,6 +23,7 @@ from routing.models import (
     Generation,
     ModelRanking,
     Prompt,
+    RouterAdaptation,
     RouterHead,
     example_key,
 )
@@ -474,6 +475,57 @@ class RouterHeadAdmin(admin.ModelAdmin):
         routes_changed()
 
 
+def adapt_router_action(modeladmin, request, queryset):
+    """Adapt the router to recent traffic (the selection does not matter)."""
+    from routing.services.adaptation import router_adapt
+
+    try:
+        rows = router_adapt(user=request.user)
+    except ApiError as exc:
+        modeladmin.message_user(request, exc.message, messages.ERROR)
+        return
+    modeladmin.message_user(
+        request,
+        "; ".join(
+            f"Adaptation v{row.pk} ({', '.join(row.labels)}): {row.prompts} unlabelled prompts, "
+            f"{row.report['changed']} change category; active"
+            for row in rows
+        ),
+        messages.SUCCESS,
+    )
+
+
+adapt_router_action.short_description = "Adapt the router to recent traffic (no labels)"
+
+
+@admin.register(RouterAdaptation)
+class RouterAdaptationAdmin(admin.ModelAdmin):
+    list_display = ["id", "active", "labels", "prompts", "rounds", "weight", "engine", "created_at"]
+    list_filter = ["active", "engine"]
+    readonly_fields = [
+        "engine",
+        "labels",
+        "categories",
+        "dim",
+        "weight",
+        "rounds",
+        "prompts",
+        "report",
+        "created_by",
+        "created_at",
+    ]
+    exclude = ["prototypes", "center"]
+    actions = [adapt_router_action, "deactivate"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Stop using these adaptations (zero-shot)")
+    def deactivate(self, request, queryset):
+        queryset.update(active=False)
+        routes_changed()
+
+
 @admin.register(Prompt)
 class PromptAdmin(ReadOnlyAdmin):
     list_display = ["id", "short_text", "source", "api_key", "created_at"]
@@ -552,7 +604,7 @@ class ClassificationAdmin(TimingColumns, admin.ModelAdmin):
         "prompt_link",
         "generations_link",
     ]
-    actions = ["correct"]
+    actions = ["correct", adapt_router_action]
 
     @admin.display(description="confidence", ordering="confidence")
     def confidence_pct(self, obj):

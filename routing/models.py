@@ -481,3 +481,37 @@ class RouterHead(models.Model):
     def __str__(self) -> str:
         state = "active" if self.active else "inactive"
         return f"router v{self.pk} ({state}, cv {self.cv_accuracy:.1%})"
+
+
+class RouterAdaptation(models.Model):
+    """Category prototypes learnt from recent traffic WITHOUT labels (one row per
+    adaptation run; the pk is the version): zero-shot pseudo-labels of the recent prompts,
+    refined a few rounds (routing.services.adaptation). Single-label classification adds
+    each category's cosine with its prototype (prompt and prototypes centred on the
+    traffic's mean) to the zero-shot score when every requested label was adapted. The
+    newest active row per label set is used by every process."""
+
+    engine = models.CharField(max_length=100, help_text="The embedding model it was fitted on.")
+    labels = models.JSONField(default=list, help_text="The label set it was fitted for.")
+    categories = models.JSONField(
+        default=list, help_text="[{category, description, examples}] as scored when fitted."
+    )
+    prototypes = models.BinaryField(help_text="float32 labels x dim, row-major.")
+    center = models.BinaryField(help_text="float32 dim: the mean embedding of the prompts.")
+    dim = models.PositiveIntegerField()
+    weight = models.FloatField(help_text="The prototype cosine's weight next to zero-shot.")
+    rounds = models.PositiveSmallIntegerField()
+    prompts = models.PositiveIntegerField(help_text="Unlabelled prompts it was fitted on.")
+    active = models.BooleanField(default=True, db_index=True)
+    report = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"adaptation v{self.pk} ({state}, {', '.join(self.labels)}; {self.prompts} prompts)"

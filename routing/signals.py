@@ -1,4 +1,4 @@
-"""Routing-table edits (routes, examples, trained heads) invalidate every process's
+"""Routing-table edits (routes, examples, trained heads, adaptations) invalidate every process's
 classifier caches and cached routing table."""
 
 from django.db import transaction
@@ -6,7 +6,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from routing.classifiers.cache import routes_changed
-from routing.models import CategoryExample, CategoryRoute, RouterHead
+from routing.models import CategoryExample, CategoryRoute, RouterAdaptation, RouterHead
 
 
 def invalidate() -> None:
@@ -26,5 +26,7 @@ def category_route_changed(sender, **kwargs) -> None:
 @receiver(post_delete, sender=CategoryExample, dispatch_uid="routing_example_deleted")
 @receiver(post_save, sender=RouterHead, dispatch_uid="routing_head_saved")
 @receiver(post_delete, sender=RouterHead, dispatch_uid="routing_head_deleted")
+@receiver(post_save, sender=RouterAdaptation, dispatch_uid="routing_adaptation_saved")
+@receiver(post_delete, sender=RouterAdaptation, dispatch_uid="routing_adaptation_deleted")
 def routing_data_changed(sender, **kwargs) -> None:
     invalidate()

@@ -30,15 +30,20 @@ def _cache_is_shared() -> bool:
 
 
 def _tables_fingerprint() -> str:
-    """Changes whenever a route, an example or the active head is added, edited or removed."""
+    """Changes whenever a route, an example, the active head or an active adaptation is
+    added, edited or removed."""
     from django.db.models import Count, Max
 
-    from routing.models import CategoryExample, CategoryRoute, RouterHead
+    from routing.models import CategoryExample, CategoryRoute, RouterAdaptation, RouterHead
 
     routes = CategoryRoute.objects.aggregate(n=Count("id"), t=Max("updated_at"))
     examples = CategoryExample.objects.aggregate(n=Count("id"), m=Max("id"))
     head = RouterHead.objects.filter(active=True).aggregate(m=Max("id"))
-    return f"db-{routes['n']}-{routes['t']}-{examples['n']}-{examples['m']}-{head['m']}"
+    adapted = RouterAdaptation.objects.filter(active=True).aggregate(n=Count("id"), m=Max("id"))
+    return (
+        f"db-{routes['n']}-{routes['t']}-{examples['n']}-{examples['m']}-{head['m']}"
+        f"-{adapted['n']}-{adapted['m']}"
+    )
 
 
 def routes_table_version() -> str:

@@ -12,7 +12,9 @@ temperature (single-label, sums to 1) or an independent sigmoid around a thresho
 (multi-label). A trained RouterHead (routing.services.training) replaces the scores of
 the categories it was trained on (single-label only): a LinearHead on the embedding, or a
 fine-tuned router (routing.classifiers.finetune) whose stored top layers run on the same
-bottom hidden states as the base model's.
+bottom hidden states as the base model's. A traffic adaptation (routing.services
+.adaptation: prototypes learnt from recent prompts without labels) is blended into the
+zero-shot similarities of a single-label call whose labels it covers.
 """
 
 import re
@@ -264,11 +266,18 @@ class EmbeddingClassifier(Classifier):
             return self._forward(prompts, head, base)
 
     def similarities(
-        self, prompts: list[str], categories: list[Category], *, embedded: np.ndarray | None = None
+        self,
+        prompts: list[str],
+        categories: list[Category],
+        *,
+        embedded: np.ndarray | None = None,
+        adaptation=None,
     ) -> np.ndarray:
         """prompts x categories: the description score (mean of the whole-text cosine and
         the best clause's), averaged with the examples' prototype and nearest-example
-        cosines when the category has examples."""
+        cosines when the category has examples; with a traffic `adaptation`
+        (routing.services.adaptation) covering every label, blended with its prototype
+        cosines."""
         pieces = [category_texts(c) for c in categories]
         vectors = self._cached([text for texts in pieces for text in texts])
         if embedded is None:
@@ -286,7 +295,11 @@ class EmbeddingClassifier(Classifier):
                 nearest = (embedded @ examples.T).max(axis=1)
                 column = (column + embedded @ prototype + nearest) / 3
             columns.append(column)
-        return np.stack(columns, axis=1)
+        sims = np.stack(columns, axis=1)
+        labels = [c.label for c in categories]
+        if adaptation is not None and adaptation.covers(labels):
+            sims = adaptation.adjust(sims, embedded, labels)
+        return sims
 
     def scores_from(self, sims: np.ndarray, *, multi_label: bool) -> np.ndarray:
         temperature = settings.TOKENFLOW_CLASSIFIER_TEMPERATURE
@@ -301,8 +314,11 @@ class EmbeddingClassifier(Classifier):
         *,
         multi_label: bool = False,
         head: "LinearHead | None" = None,
+        adaptation=None,
     ) -> ClassifierResult:
-        return self.classify_many([prompt], categories, multi_label=multi_label, head=head)[0]
+        return self.classify_many(
+            [prompt], categories, multi_label=multi_label, head=head, adaptation=adaptation
+        )[0]
 
     def classify_many(
         self,
@@ -311,9 +327,11 @@ class EmbeddingClassifier(Classifier):
         *,
         multi_label: bool = False,
         head: "LinearHead | None" = None,
+        adaptation=None,
     ) -> list[ClassifierResult]:
         """One forward pass for several prompts (benchmarks, batch jobs). A fine-tuned head
-        (routing.classifiers.finetune) scores the prompts' router embeddings."""
+        (routing.classifiers.finetune) scores the prompts' router embeddings; a traffic
+        adaptation (single-label only) adjusts the zero-shot similarities."""
         labels = [c.label for c in categories]
         finetuned = head is not None and getattr(head, "top_layers", None) is not None
         if finetuned and not multi_label and head.covers(labels):
@@ -327,7 +345,12 @@ class EmbeddingClassifier(Classifier):
             embedded, routed = self.embed_prompts_routed(prompts, head)
         else:
             embedded = routed = self.embed_prompts(prompts)
-        sims = self.similarities(prompts, categories, embedded=embedded)
+        sims = self.similarities(
+            prompts,
+            categories,
+            embedded=embedded,
+            adaptation=None if multi_label else adaptation,
+        )
         labels = [c.label for c in categories]
         results = []
         for vector, row in zip(routed, sims, strict=True):

@@ -24,10 +24,14 @@ def categories_resolve(categories: list[Category] | None) -> list[Category]:
 
 
 def _resolve(categories: list[Category] | None):
-    """(categories, trained head or None): the head only for the routing table's own."""
+    """(categories, (trained head or None, its engine, adaptation or None)): the head only
+    for the routing table's own categories; the traffic adaptation (routing.services
+    .adaptation) for any label set it covers."""
     table = routing_table()
     if categories:
-        return table.expand(categories), None
+        expanded = table.expand(categories)
+        adaptation = table.adaptation_for([c.label for c in expanded])
+        return expanded, (None, "", adaptation)
     if not table.categories:
         raise ApiError(
             "The routing table has no enabled category: pass 'possible_categories' or add "
@@ -35,7 +39,8 @@ def _resolve(categories: list[Category] | None):
             code="no_categories",
             status=503,
         )
-    return list(table.categories), (table.head, table.head_engine)
+    adaptation = table.adaptation_for([c.label for c in table.categories])
+    return list(table.categories), (table.head, table.head_engine, adaptation)
 
 
 def _category_record(category: Category) -> dict:
@@ -78,6 +83,11 @@ def _save(
     )
 
 
+def engine_of(classifier) -> str:
+    """The engine an adaptation must match (only backends that take a head can use one)."""
+    return classifier.engine_name if classifier.supports_head else ""
+
+
 def _classify(prompt: str, categories: list[Category], multi_label: bool, head=None):
     classifier = get_classifier()
     engine = classifier.engine_name
@@ -86,6 +96,13 @@ def _classify(prompt: str, categories: list[Category], multi_label: bool, head=N
     if usable and not multi_label:
         options["head"] = head[0]
         engine = f"{engine}+router:v{head[0].version}"
+    adaptation = head[2] if head and len(head) > 2 else None
+    labels = {c.label for c in categories}
+    if "head" in options and labels <= set(options["head"].labels):
+        adaptation = None  # the router scores every category: zero-shot gets no mass
+    if adaptation is not None and not multi_label and adaptation.engine == engine_of(classifier):
+        options["adaptation"] = adaptation
+        engine = f"{engine}+adapted:v{adaptation.version}"
     started = time.perf_counter()
     result = classifier.classify(prompt, categories, multi_label=multi_label, **options)
     return result, engine, (time.perf_counter() - started) * 1000

@@ -9,7 +9,13 @@ from django.conf import settings
 
 from routing.classifiers.base import Category
 from routing.classifiers.cache import routes_table_version
-from routing.models import CategoryExample, CategoryRoute, ModelRanking, RouterHead
+from routing.models import (
+    CategoryExample,
+    CategoryRoute,
+    ModelRanking,
+    RouterAdaptation,
+    RouterHead,
+)
 from tokenflow_site.errors import ApiError
 
 
@@ -40,6 +46,16 @@ class RoutingTable:
     categories: list[Category]
     head: Any = None  # routing.classifiers.embedding.LinearHead of the active RouterHead
     head_engine: str = ""
+    # routing.services.adaptation.Adaptation of the active RouterAdaptation rows, newest
+    # first, one per label set
+    adaptations: tuple = ()
+
+    def adaptation_for(self, labels: list[str]):
+        """The newest adaptation that covers every label (case-insensitive), or None."""
+        for adaptation in self.adaptations:
+            if adaptation.covers(labels):
+                return adaptation
+        return None
 
     def expand(self, categories: list[Category]) -> list[Category]:
         """Request categories with neither a description nor examples (bare labels) take
@@ -79,7 +95,19 @@ def _table_build(version: str) -> RoutingTable:
     row = RouterHead.objects.filter(active=True).defer("layers").order_by("-pk").first()
     if row is not None:
         head, engine = _head_build(row), row.engine
-    return RoutingTable(version, categories, head, engine)
+    return RoutingTable(version, categories, head, engine, _adaptations())
+
+
+def _adaptations() -> tuple:
+    from routing.services.adaptation import Adaptation
+
+    adaptations, seen = [], set()
+    for row in RouterAdaptation.objects.filter(active=True).order_by("-pk"):
+        key = frozenset(label.casefold() for label in row.labels)
+        if key not in seen:
+            seen.add(key)
+            adaptations.append(Adaptation.from_row(row))
+    return tuple(adaptations)
 
 
 # (pk, created_at) -> FinetunedHead: its layers load once per process (created_at too: a

@@ -20,7 +20,11 @@ class Command(BaseCommand):
             help="JSON file with a possible_categories list to try instead of the routing "
             "table (check a change before saving it).",
         )
-        parser.add_argument("--no-head", action="store_true", help="ignore the trained router")
+        parser.add_argument(
+            "--no-head",
+            action="store_true",
+            help="ignore the trained router and the traffic adaptation",
+        )
         parser.add_argument("--failures", type=int, default=20, help="misses to print")
 
     def handle(self, *args, file, categories, no_head, failures, **options):
