@@ -6,7 +6,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from routing.classifiers.cache import routes_changed
-from routing.models import CategoryExample, CategoryRoute, RouterHead
+from routing.models import CategoryExample, CategoryRoute, ModelRanking, RouterHead
 
 
 def invalidate() -> None:
@@ -28,3 +28,12 @@ def category_route_changed(sender, **kwargs) -> None:
 @receiver(post_delete, sender=RouterHead, dispatch_uid="routing_head_deleted")
 def routing_data_changed(sender, **kwargs) -> None:
     invalidate()
+
+
+@receiver(post_save, sender=ModelRanking, dispatch_uid="routing_model_saved")
+@receiver(post_delete, sender=ModelRanking, dispatch_uid="routing_model_deleted")
+def model_changed(sender, **kwargs) -> None:
+    """Every cached model leaves this process's cache (a rename changes its key)."""
+    from routing.services.models import models_cache
+
+    models_cache.forget()
