@@ -43,6 +43,17 @@ class ModelRankingQuerySet(models.QuerySet):
     def enabled(self) -> "ModelRankingQuerySet":
         return self.filter(enabled=True)
 
+    def update(self, **kwargs) -> int:
+        """A bulk update (admin actions, scripts) sends no save signal: drop this process's
+        cached models here too (routing.services.models.models_cache)."""
+        from routing.services.models import models_cache
+
+        updated = super().update(**kwargs)
+        models_cache.forget()
+        return updated
+
+    update.alters_data = True
+
 
 class ModelRanking(models.Model):
     """The model registry: what a model name means and how good it is (lower rank = better)."""

@@ -6,7 +6,13 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from routing.classifiers.cache import routes_changed
-from routing.models import CategoryExample, CategoryRoute, RouterAdaptation, RouterHead
+from routing.models import (
+    CategoryExample,
+    CategoryRoute,
+    ModelRanking,
+    RouterAdaptation,
+    RouterHead,
+)
 
 
 def invalidate() -> None:
@@ -30,3 +36,12 @@ def category_route_changed(sender, **kwargs) -> None:
 @receiver(post_delete, sender=RouterAdaptation, dispatch_uid="routing_adaptation_deleted")
 def routing_data_changed(sender, **kwargs) -> None:
     invalidate()
+
+
+@receiver(post_save, sender=ModelRanking, dispatch_uid="routing_model_saved")
+@receiver(post_delete, sender=ModelRanking, dispatch_uid="routing_model_deleted")
+def model_changed(sender, **kwargs) -> None:
+    """Every cached model leaves this process's cache (a rename changes its key)."""
+    from routing.services.models import models_cache
+
+    models_cache.forget()

@@ -18,6 +18,17 @@ from accounts.models import ApiKey  # noqa: E402
 from tests.live import daphne_server, database_url  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _row_caches_empty():
+    """Each test starts with empty per-process row caches: a row a previous test cached
+    was rolled back with its test's transaction, which sends no signal."""
+    from accounts.selectors import keys_cache
+    from routing.services.models import models_cache
+
+    keys_cache.entries.clear()
+    models_cache.entries.clear()
+
+
 @pytest.fixture
 def api_key(db) -> tuple[ApiKey, str]:
     """(ApiKey row, raw key)."""

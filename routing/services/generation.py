@@ -22,6 +22,7 @@ from django.utils import timezone
 from accounts.models import ApiKey
 from accounts.ratelimit import (
     limits_for,
+    rate_limits_in_process,
     streams_acquire,
     streams_release,
     tokens_reserve,
@@ -43,10 +44,16 @@ from routing import metrics
 from routing.classifiers.base import Category
 from routing.messages import capabilities_needed, message_text
 from routing.models import Classification, Generation, ModelRanking, Prompt
-from routing.providers.base import ChatRequest, ProviderError, tool_call_merge
+from routing.providers.base import ChatRequest, Chunk, ProviderError, tool_call_merge
 from routing.providers.registry import provider_for
 from routing.services.cancel import CancelRequested, generation_cancel_requested
-from routing.services.models import AUTO_MODEL, ModelChoice, model_named, provider_check
+from routing.services.models import (
+    AUTO_MODEL,
+    ModelChoice,
+    model_cached,
+    model_named,
+    provider_check,
+)
 from routing.services.retry import backoff_delay
 from routing.services.selection import model_select, prompt_text
 from routing.services.spend import (
@@ -133,25 +140,87 @@ def generation_prepare(
     the model's context window, 429 when they do not fit the key's tokens per minute."""
     if check_provider:
         provider_check(model)
+    admission = generation_admit(model=model, messages=messages, params=params, api_key=api_key)
+    try:
+        return generation_persist(
+            admission,
+            transport=transport,
+            source=source,
+            prompt=prompt,
+            classification=classification,
+            compression=compression,
+            options=options,
+        )
+    except BaseException:
+        admission.release()
+        raise
+
+
+@dataclass
+class Admission:
+    """What a request holds once admitted, before any upstream call: its stream slot, its
+    reserved tokens and its budget hold (settled or released by _finish)."""
+
+    model: ModelRanking
+    messages: list[dict[str, Any]]
+    params: GenerationParams
+    api_key: ApiKey | None
+    prompt_tokens: int
+    slot: str | None = None
+    reserved: int = 0
+    hold: Any = None
+
+    def release(self) -> None:
+        """Give everything back (the request was refused or never persisted)."""
+        if self.slot is not None:
+            streams_release(api_key_id=self.api_key.pk, stream_id=self.slot)
+        if self.reserved:
+            tokens_settle(api_key=self.api_key, reserved=self.reserved, used=0)
+        if self.hold is not None:
+            budget_settle(self.hold, 0)
+
+
+def generation_admit(
+    *,
+    model: ModelRanking,
+    messages: list[dict[str, Any]],
+    params: GenerationParams,
+    api_key: ApiKey | None,
+) -> Admission:
+    """The checks every generation passes before its upstream call: the context window
+    (400), the key's open streams and tokens per minute (429) and its budget (429
+    budget_exceeded). Only the budget may do I/O (the shared cache)."""
     prompt_tokens = count_message_tokens(messages)
     context_check(model, prompt_tokens, params)
+    admission = Admission(model, messages, params, api_key, prompt_tokens)
     slot = uuid.uuid4().hex
-    holds_slot = streams_acquire(api_key=api_key, stream_id=slot)
-    reserved = 0
+    if streams_acquire(api_key=api_key, stream_id=slot):
+        admission.slot = slot
     try:
-        reserved = _tokens_reserve(api_key, prompt_tokens, params)
-        hold = None
-        if has_budget(api_key):  # before any upstream call: 429 budget_exceeded
-            hold = budget_reserve(
+        admission.reserved = _tokens_reserve(api_key, prompt_tokens, params)
+        if has_budget(api_key):
+            admission.hold = budget_reserve(
                 api_key=api_key,
                 amount=worst_case_cost(model, prompt_tokens, params.max_tokens),
             )
     except ApiError:
-        if holds_slot:
-            streams_release(api_key_id=api_key.pk, stream_id=slot)
-        if reserved:
-            tokens_settle(api_key=api_key, reserved=reserved, used=0)
+        admission.release()
         raise
+    return admission
+
+
+def generation_persist(
+    admission: Admission,
+    *,
+    transport: str,
+    source: str,
+    prompt: Prompt | None = None,
+    classification: Classification | None = None,
+    compression=None,
+    options: dict[str, Any] | None = None,
+) -> Generation:
+    """Insert the Prompt (unless given) and the queued Generation of an admitted request."""
+    model, messages, api_key = admission.model, admission.messages, admission.api_key
     if prompt is None:
         prompt = Prompt.objects.create(
             text=prompt_text(messages), messages=messages, source=source, api_key=api_key
@@ -166,15 +235,15 @@ def generation_prepare(
         provider=model.provider,
         upstream_model=model.upstream_model,
         transport=transport,
-        parameters=params.as_dict(),
+        parameters=admission.params.as_dict(),
         options=options or {},
         input_messages=messages,
     )
     # Settled / released by _finish, reused instead of counting again (not columns).
-    generation.reserved_tokens = reserved
-    generation.budget_hold = hold
-    generation.stream_slot = slot if holds_slot else None
-    generation.prompt_tokens_estimate = prompt_tokens
+    generation.reserved_tokens = admission.reserved
+    generation.budget_hold = admission.hold
+    generation.stream_slot = admission.slot
+    generation.prompt_tokens_estimate = admission.prompt_tokens
     return generation
 
 
@@ -278,21 +347,127 @@ async def generation_acreate(
     api_key: ApiKey | None,
     transport: str,
     source: str = Prompt.Source.API,
+    prefetch: bool = True,
 ) -> PreparedGeneration:
     """Choose the model (a name, or "auto": classify and route), compress if asked, and
     persist a queued Generation. Raises ApiError (404/503) before anything streams.
+    `prefetch`: the common request may start its upstream call while its rows are
+    written (`_prepared_on_loop`); the caller runs the generation right away.
     The classifier's and compressor's forward passes run in worker threads, never on the
     shared HTTP sync thread.
 
     The response cache is consulted here, once for every transport: a hit is replayed by
     `generation_run` instead of calling the model (see response_cache.services)."""
     plan = _cache_plan(request)
+    if prefetch and plan is None and request.model != AUTO_MODEL and request.compress is None:
+        prepared = await _prepared_on_loop(
+            request=request, api_key=api_key, transport=transport, source=source
+        )
+        if prepared is not None:
+            return prepared
     prepared = await _generation_acreate(
         request=request, api_key=api_key, transport=transport, source=source, plan=plan
     )
     if plan is not None:
         await cache_resolve(plan, prepared.generation)
     return prepared
+
+
+async def _prepared_on_loop(
+    *, request: GenerationRequest, api_key: ApiKey | None, transport: str, source: str
+) -> PreparedGeneration | None:
+    """The common request (a named model this process has cached, rate limits kept in the
+    process, no budget, nothing to look up in the response cache) with no thread hop before
+    its upstream call: admitted on the event loop, its model's stream started at once
+    (StreamPrefetch), and its Prompt and queued Generation inserted in a thread meanwhile.
+    A failed insert stops that stream and gives the admission back. None: take the
+    general path."""
+    if has_budget(api_key) or not rate_limits_in_process():
+        return None
+    model = model_cached(request.model, request.needs)
+    if model is None:
+        return None
+    admission = generation_admit(
+        model=model, messages=request.messages, params=request.params, api_key=api_key
+    )
+    prefetch = StreamPrefetch(
+        model,
+        _chat_request(model, request.messages, request.params.as_dict(), request.options, {}),
+    )
+    try:
+        generation = await sync_to_async(generation_persist)(
+            admission, transport=transport, source=source, options=request.options
+        )
+    except BaseException:
+        await prefetch.aclose()
+        admission.release()
+        raise
+    generation.prefetch = prefetch
+    return PreparedGeneration(generation, ModelChoice(model=model))
+
+
+class StreamPrefetch:
+    """A model's stream started before its Generation row exists: a task awaits the first
+    chunk while the row is inserted, so that thread hop overlaps the upstream's time to
+    first token. `_stream_model` takes it for its first attempt on that model."""
+
+    def __init__(self, model: ModelRanking, request: ChatRequest) -> None:
+        self.model = model
+        self.started = time.monotonic()
+        self.started_at = timezone.now()
+        self._stream = provider_for(model).stream(request)
+        self._first = asyncio.ensure_future(anext(self._stream))
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        try:
+            try:
+                first = await self._first
+            except StopAsyncIteration:
+                return
+            yield first
+            async for chunk in self._stream:
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._first.done():
+            self._first.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._first
+        await self._stream.aclose()
+
+
+def _prefetch_take(generation: Generation, model: ModelRanking) -> StreamPrefetch | None:
+    prefetch = getattr(generation, "prefetch", None)
+    if prefetch is None or prefetch.model.pk != model.pk:
+        return None
+    generation.prefetch = None
+    return prefetch
+
+
+async def _prefetch_close(generation: Generation) -> None:
+    """A prefetched stream its generation never used (closed before it ran)."""
+    prefetch = getattr(generation, "prefetch", None)
+    if prefetch is not None:
+        generation.prefetch = None
+        await prefetch.aclose()
+
+
+def _chat_request(
+    model: ModelRanking,
+    messages: list[dict[str, Any]],
+    parameters: dict[str, Any],
+    options: dict[str, Any] | None,
+    extra: dict[str, Any],
+) -> ChatRequest:
+    return ChatRequest(
+        messages=messages,
+        model=model.upstream_model,
+        extra=extra,
+        options=model_options(options, model),
+        **parameters,
+    )
 
 
 def _cache_plan(request: GenerationRequest) -> CachePlan | None:
@@ -372,7 +547,7 @@ async def generation_acreate_many(
     token reservation. If one of them is refused (429), the ones already prepared are
     closed as cancelled (slots and tokens given back) and the error is raised."""
     first = await generation_acreate(
-        request=request, api_key=api_key, transport=transport, source=source
+        request=request, api_key=api_key, transport=transport, source=source, prefetch=n <= 1
     )
     if n <= 1:
         return [first]
@@ -648,19 +823,18 @@ async def _stream_model(
 ) -> AsyncIterator[StreamEvent]:
     """Stream one model, retrying retryable errors while nothing has been sent."""
     provider = provider_for(model)
-    request = ChatRequest(
-        messages=generation.input_messages,
-        model=model.upstream_model,
-        extra=extra,
-        options=model_options(generation.options, model),
-        **generation.parameters,
+    request = _chat_request(
+        model, generation.input_messages, generation.parameters, generation.options, extra
     )
     calls: dict[int, dict[str, Any]] = state.setdefault("tool_calls", {})
     max_attempts = settings.TOKENFLOW_RETRY_ATTEMPTS
     for attempt in range(1, max_attempts + 1):
         try:
-            provider.check_ready()
-            async with aclosing(provider.stream(request)) as chunks:
+            prefetch = _prefetch_take(generation, model) if attempt == 1 else None
+            if prefetch is None:
+                provider.check_ready()
+            stream = prefetch.chunks() if prefetch is not None else provider.stream(request)
+            async with aclosing(stream) as chunks:
                 async for chunk in chunks:
                     if chunk.info:
                         yield StreamEvent("info", chunk.info)
@@ -850,13 +1024,18 @@ async def _run(
     fallbacks: list[ModelRanking] | None,
     metadata: dict[str, Any] | None,
 ) -> AsyncIterator[StreamEvent]:
-    yield StreamEvent("metadata", {**metadata_for(generation), **(metadata or {})})
-    state: dict[str, Any] = {"started": time.monotonic(), "finish_reason": "stop", "usage": None}
-    started = state["started"]
+    prefetch = getattr(generation, "prefetch", None)
+    started = prefetch.started if prefetch is not None else time.monotonic()
+    generation.started_at = prefetch.started_at if prefetch is not None else timezone.now()
+    try:
+        yield StreamEvent("metadata", {**metadata_for(generation), **(metadata or {})})
+    except GeneratorExit:
+        await _prefetch_close(generation)
+        raise
+    state: dict[str, Any] = {"started": started, "finish_reason": "stop", "usage": None}
     parts: list[str] = []
     attempts: list[dict[str, Any]] = []
     candidates = [generation.model, *(fallbacks or [])]
-    generation.started_at = timezone.now()
     plan: CachePlan | None = getattr(generation, "cache_plan", None)
     try:
         if plan is not None and plan.entry is not None:
@@ -919,6 +1098,7 @@ async def _run(
         )
         return
     except (GeneratorExit, asyncio.CancelledError):
+        await _prefetch_close(generation)
         await _settle(state)
         # The client is gone: nobody to tell if the database stays down (the sweeper closes
         # the row then).

@@ -1,5 +1,6 @@
 """Model resolution: the one place a request's model name becomes a ModelRanking."""
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,16 +10,51 @@ from routing.models import Classification, ModelRanking, Prompt
 from routing.providers.base import ProviderError
 from routing.providers.registry import provider_for
 from tokenflow_site.errors import ApiError
+from tokenflow_site.rowcache import RowCache
 
 logger = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
 
 
+def _models_load(names: list[str]) -> dict[str, tuple[ModelRanking, bool]]:
+    """Enabled models by name, each with whether its provider is ready (provider_check)."""
+    loaded = {}
+    for model in ModelRanking.objects.enabled().filter(name__in=names):
+        try:
+            provider_for(model).check_ready()
+            ready = True
+        except ProviderError:
+            ready = False
+        loaded[model.name] = (model, ready)
+    return loaded
+
+
+# Enabled models by name (tokenflow_site.rowcache: at most 1 s old; an edit in this process
+# drops them at once, routing.signals): a request for a named model finds it without a
+# query, and on the event loop without a thread hop (`model_cached`).
+models_cache: RowCache[str, tuple[ModelRanking, bool]] = RowCache("Model", _models_load)
+
+
+def model_cached(name: Any, needs: Sequence[str] = ("chat",)) -> ModelRanking | None:
+    """The model `model_named` would choose, when this process has it cached, ready and
+    capable of `needs`: no I/O, for the event loop. None means "ask model_named" (which
+    also gives the precise error)."""
+    if not isinstance(name, str):
+        return None
+    entry = models_cache.fresh_on_loop(name)
+    if entry is None or not entry[1] or capabilities_missing(entry[0], needs):
+        return None
+    return copy.copy(entry[0])
+
+
 def model_resolve(name: Any) -> ModelRanking:
     """An enabled ModelRanking by name, or 404 listing the available ones."""
     if not isinstance(name, str) or not name.strip():
         raise ApiError("'model' is required.", code="required", field="model")
+    entry = models_cache.read(name)
+    if entry is not None:
+        return copy.copy(entry[0])
     model = ModelRanking.objects.filter(name=name).first()
     if model is None or not model.enabled:
         available = list(ModelRanking.objects.enabled().values_list("name", flat=True))

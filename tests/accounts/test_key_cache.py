@@ -92,7 +92,7 @@ def test_unknown_keys_are_not_cached(api_key):
     selectors.api_key_cache_forget()
     for n in range(50):
         assert api_key_authenticate(raw=f"tf_guess{n}") is None
-    assert selectors._key_cache == {}
+    assert selectors.keys_cache.entries == {}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -162,7 +162,7 @@ async def test_the_refresher_keeps_a_key_fresh_and_still_sees_revocations(
 def test_a_refresh_that_read_before_a_forget_puts_nothing_back(api_key):
     key, raw = api_key
     selectors.api_key_cache_forget()
-    epoch = selectors._key_epoch
+    epoch = selectors.keys_cache.epoch
     real = ApiKey.objects.active
 
     def active():  # a change in this process lands while the refresh query runs
@@ -171,9 +171,9 @@ def test_a_refresh_that_read_before_a_forget_puts_nothing_back(api_key):
 
     ApiKey.objects.active = active
     try:
-        selectors._keys_refresh([key.key_hash])
+        selectors.keys_cache.refresh([key.key_hash])
     finally:
         ApiKey.objects.active = real
-    assert selectors._key_epoch > epoch and key.key_hash not in selectors._key_cache
-    selectors._keys_refresh([key.key_hash])
-    assert key.key_hash in selectors._key_cache
+    assert selectors.keys_cache.epoch > epoch and key.key_hash not in selectors.keys_cache.entries
+    selectors.keys_cache.refresh([key.key_hash])
+    assert key.key_hash in selectors.keys_cache.entries
