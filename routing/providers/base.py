@@ -1,5 +1,6 @@
 """The provider contract: a backend turns a ChatRequest into an async stream of Chunks."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,10 @@ class ChatRequest:
     # response_format, logprobs, top_logprobs, n, user) and `extra_body`: the client's
     # unknown fields this model's allowlist lets through (ModelRanking.passthrough_fields).
     options: dict[str, Any] = field(default_factory=dict)
+    # Set by a provider that `signals_open` once the upstream accepted the request (its
+    # response headers came): the caller may then start work that would compete with
+    # sending it (routing.services.generation.StreamPrefetch). Never sent upstream.
+    opened: asyncio.Event | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -111,6 +116,8 @@ class ProviderError(Exception):
 
 class BaseProvider:
     """Subclasses implement `stream`; `check_ready` raises ProviderError if unusable."""
+
+    signals_open = False  # stream() sets request.opened (a network upstream)
 
     def __init__(self, *, name: str, options: dict[str, Any] | None = None, **config: Any):
         self.name = name

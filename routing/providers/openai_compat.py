@@ -145,6 +145,8 @@ async def clients_close() -> None:
 class OpenAICompatProvider(BaseProvider):
     """Streams chat completions; base URL and key from the model row or the provider table."""
 
+    signals_open = True
+
     def _base_url(self) -> str:
         endpoint = self.config.get("endpoint") or {}
         env_name = endpoint.get("base_url_env")
@@ -246,6 +248,8 @@ class OpenAICompatProvider(BaseProvider):
             )
         except openai.OpenAIError as exc:
             raise error_from_sdk(exc) from exc
+        if request.opened is not None:
+            request.opened.set()
         # Closing this generator (cancel, disconnect) closes the HTTP response upstream.
         async with response:
             try:

@@ -6,6 +6,7 @@ items) consumes the one async iterator of StreamEvents that `generation_run` yie
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -394,6 +395,7 @@ async def _prepared_on_loop(
         model,
         _chat_request(model, request.messages, request.params.as_dict(), request.options, {}),
     )
+    await prefetch.head_start()
     try:
         generation = await sync_to_async(generation_persist)(
             admission, transport=transport, source=source, options=request.options
@@ -411,12 +413,29 @@ class StreamPrefetch:
     chunk while the row is inserted, so that thread hop overlaps the upstream's time to
     first token. `_stream_model` takes it for its first attempt on that model."""
 
+    # At most this long, the insert waits for the upstream to accept the request: its
+    # thread would otherwise hold the GIL while the event loop sends it (measured: headers
+    # 2.8 ms after the call started instead of 1.8 ms).
+    HEAD_START_SECONDS = 0.005
+
     def __init__(self, model: ModelRanking, request: ChatRequest) -> None:
         self.model = model
         self.started = time.monotonic()
         self.started_at = timezone.now()
-        self._stream = provider_for(model).stream(request)
+        provider = provider_for(model)
+        self._opened = asyncio.Event() if provider.signals_open else None
+        self._stream = provider.stream(dataclasses.replace(request, opened=self._opened))
         self._first = asyncio.ensure_future(anext(self._stream))
+
+    async def head_start(self) -> None:
+        """Until the upstream accepted the request (or failed, or HEAD_START_SECONDS)."""
+        if self._opened is None:
+            return
+        opened = asyncio.ensure_future(self._opened.wait())
+        await asyncio.wait(
+            {opened, self._first}, timeout=self.HEAD_START_SECONDS, return_when="FIRST_COMPLETED"
+        )
+        opened.cancel()
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         try:

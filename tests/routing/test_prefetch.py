@@ -2,6 +2,7 @@
 (routing.services.generation._prepared_on_loop, StreamPrefetch); a failed insert or a client
 gone before the stream ran stops that call and gives the key's stream slot back."""
 
+import asyncio
 import time
 from contextlib import aclosing
 
@@ -120,3 +121,35 @@ async def test_a_generation_closed_before_it_streams_stops_its_call(streams):
         first = await anext(events)
         assert first.type == "metadata"
     assert streams == ["start", "closed"]
+
+
+class OpeningProvider:
+    """A network-like provider: accepts the request after `accept` seconds (or never)."""
+
+    signals_open = True
+
+    def __init__(self, accept):
+        self.accept = accept
+
+    async def stream(self, request):
+        if self.accept is not None:
+            await asyncio.sleep(self.accept)
+            request.opened.set()
+        await asyncio.sleep(10)
+        yield  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    "accept, head_start, low, high", [(0.01, 0.5, 0.01, 0.4), (None, 0.05, 0.05, 1.0)]
+)
+async def test_the_insert_waits_for_the_upstream_to_accept_at_most_a_head_start(
+    monkeypatch, accept, head_start, low, high
+):
+    model = await sync_to_async(mock_model)()
+    monkeypatch.setattr(service, "provider_for", lambda model: OpeningProvider(accept))
+    monkeypatch.setattr(service.StreamPrefetch, "HEAD_START_SECONDS", head_start)
+    prefetch = service.StreamPrefetch(model, service._chat_request(model, MESSAGES, {}, {}, {}))
+    started = time.monotonic()
+    await prefetch.head_start()
+    assert low <= time.monotonic() - started < high
+    await prefetch.aclose()
