@@ -8,7 +8,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tokenflow_site.settings")
 # Initialise Django before importing consumers (they import models).
 get_asgi_application()  # django.setup()
-from tokenflow_site.middleware import AsyncMiddlewareASGIHandler, SharedSyncThreads  # noqa: E402
+from tokenflow_site.middleware import (  # noqa: E402
+    AsyncMiddlewareASGIHandler,
+    EarlyBodyEnd,
+    SharedSyncThreads,
+)
 
 # Stock middleware swapped for async-native equivalents (no thread hop per hook).
 django_asgi_app = AsyncMiddlewareASGIHandler()
@@ -20,7 +24,9 @@ from tokenflow_site.websocket_urls import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": SharedSyncThreads(django_asgi_app, threads=settings.TOKENFLOW_HTTP_SYNC_THREADS),
+        "http": EarlyBodyEnd(
+            SharedSyncThreads(django_asgi_app, threads=settings.TOKENFLOW_HTTP_SYNC_THREADS)
+        ),
         # API-key sockets need no Origin; cookie-session sockets must pass the Origin check
         # (accounts.websocket).
         "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),

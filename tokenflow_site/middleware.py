@@ -14,6 +14,7 @@ settings.MIDDLEWARE keeps the stock paths (Django's deploy checks look for them)
 `AsyncMiddlewareASGIHandler` loads the async equivalent of each under ASGI.
 """
 
+import asyncio
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
@@ -145,6 +146,55 @@ class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
 
 class AsyncJsonErrorMiddleware(InlineHooksMixin, JsonErrorMiddleware):
     pass
+
+
+# A streaming response that carries this header (it never leaves the process) may yield one
+# empty chunk: the response body ends there for the client, and the rest of the view's
+# generator (the generation's final database write) runs after it. See EarlyBodyEnd.
+BODY_ENDS_EARLY_HEADER = "x-tokenflow-body-ends-early"
+
+
+class EarlyBodyEnd:
+    """ASGI wrapper: lets a streaming view end the client's response before its generator
+    finishes. Django sends a body message per chunk and the final one only when the
+    generator is exhausted; a chat stream's last step after `[DONE]` is a database write
+    that the client need not wait for (the row is final within milliseconds, and the
+    request's task still runs it to the end, so a graceful shutdown waits for it).
+
+    After the early end, a disconnect the server reports (uvicorn does so as soon as a
+    response is complete) is not passed on: Django would cancel the view, and the write.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        armed = ended = False
+        marker = BODY_ENDS_EARLY_HEADER.encode()
+
+        async def send_early(message):
+            nonlocal armed, ended
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                kept = [(k, v) for k, v in headers if k.lower() != marker]
+                if len(kept) != len(headers):
+                    armed, message = True, {**message, "headers": kept}
+            elif message["type"] == "http.response.body":
+                if ended:
+                    return
+                if armed and not message.get("body") and message.get("more_body"):
+                    ended, message = True, {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        async def receive_early():
+            message = await receive()
+            if ended and message["type"] == "http.disconnect":
+                await asyncio.Event().wait()  # until the app is done (and cancels this)
+            return message
+
+        return await self.app(scope, receive_early, send_early)
 
 
 class SharedSyncThreads:

@@ -755,12 +755,17 @@ def cost_fill(generation: Generation) -> None:
     )
 
 
-def _finish(generation: Generation, status: str, **fields: Any) -> None:
+def _finish_fields(generation: Generation, status: str, **fields: Any) -> None:
+    """A generation's final state and cost, in memory (`_finish` saves it)."""
     generation.status = status
     generation.finished_at = timezone.now()
     for name, value in fields.items():
         setattr(generation, name, value)
     cost_fill(generation)
+
+
+def _finish(generation: Generation, status: str, **fields: Any) -> None:
+    _finish_fields(generation, status, **fields)
     generation.save()
     hold = getattr(generation, "budget_hold", None)
     if hold is not None:
@@ -1174,11 +1179,10 @@ async def _run(
     cancelled = bool(state.get("cancel_requested"))
     await _settle(state)
     hit = plan is not None and plan.entry is not None
-    await db_retry(
-        _finish_completed,
+    status = Generation.Status.CANCELLED if cancelled else Generation.Status.COMPLETED
+    _finish_fields(
         generation,
-        Generation.Status.CANCELLED if cancelled else Generation.Status.COMPLETED,
-        plan if hit else None,
+        status,
         error_code="cancelled" if cancelled else "",
         error_message="Cancelled by a cancel request." if cancelled else "",
         output_text=text,
@@ -1191,15 +1195,8 @@ async def _run(
         duration_ms=(time.monotonic() - started) * 1000,
         **(cache_hit_fields(plan) if hit else {}),
     )
-    if (
-        not hit
-        and not cancelled
-        and plan is not None
-        and storable(
-            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
-        )
-    ):
-        cache_store_later(generation, plan)  # off the response path
+    if not getattr(generation, "end_before_write", False):
+        await db_retry(_finish_completed, generation, status, plan if hit else None)
     end = {
         "generation_id": generation.pk,
         "finish_reason": finish_reason,
@@ -1212,7 +1209,26 @@ async def _run(
     }
     if tool_calls:
         end["tool_calls"] = tool_calls
-    yield StreamEvent("end", end)
+    try:
+        yield StreamEvent("end", end)
+    finally:
+        if getattr(generation, "end_before_write", False):
+            # The transport has answered its client (routing.views.openai): write now.
+            try:
+                await asyncio.shield(
+                    db_retry(_finish_completed, generation, status, plan if hit else None)
+                )
+            except UNREACHABLE:
+                logger.error("Generation %s: database unreachable after its end", generation.pk)
+    if (
+        not hit
+        and not cancelled
+        and plan is not None
+        and storable(
+            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
+        )
+    ):
+        cache_store_later(generation, plan)  # off the response path
 
 
 def _finish_completed(

@@ -29,6 +29,7 @@ from routing.services.generation import (
 )
 from tokenflow_site.endpoints import api_endpoint
 from tokenflow_site.errors import ApiError, openai_error_response
+from tokenflow_site.middleware import BODY_ENDS_EARLY_HEADER
 
 IGNORED_HEADER = "x-tokenflow-ignored-fields"
 GENERATION_IDS_HEADER = "x-tokenflow-generation-ids"
@@ -189,14 +190,20 @@ def _usage_sum(usages: list[dict[str, int]]) -> dict[str, int]:
     return {key: sum(usage[key] for usage in usages) for key in keys}
 
 
-async def _stream_body(events, *, gen_id: str, model: str, include_usage: bool):
+async def _stream_body(
+    events, *, gen_id: str, model: str, include_usage: bool, ends_early: bool = False
+):
     """chat.completion.chunk per text or tool-call delta of every choice, as they come
     (interleaved, each with its `index`), one finish chunk per choice, then the summed
     usage chunk and [DONE]. An error of any choice ends the stream (the others are
-    cancelled)."""
+    cancelled). `ends_early` (one choice): after [DONE], an empty chunk ends the client's
+    response (tokenflow_site.middleware.EarlyBodyEnd) before the generation's final
+    write, which runs as the events are drained."""
     created, started, usages = int(time.time()), set(), []
     async with aclosing(events):
         async for index, event in events:
+            if ends_early and usages:
+                continue  # drained after the end: the final write runs
             if event.type in ("text", "tool_call"):
                 logprobs = None
                 if event.type == "text":
@@ -218,9 +225,16 @@ async def _stream_body(events, *, gen_id: str, model: str, include_usage: bool):
                 }
                 yield _sse(_chunk(gen_id, model, created, choice, index=index))
                 usages.append(event.data["usage"])
+                if ends_early:
+                    if include_usage:
+                        yield _sse(_chunk(gen_id, model, created, None, usage=_usage_sum(usages)))
+                    yield _sse("[DONE]")
+                    yield b""
             elif event.type == "error":
                 yield _sse_error(event.data)
                 return
+    if ends_early and usages:
+        return
     if include_usage:
         yield _sse(_chunk(gen_id, model, created, None, usage=_usage_sum(usages)))
     yield _sse("[DONE]")
@@ -391,11 +405,20 @@ async def chat_completions(request: HttpRequest, data: GenerationRequest) -> Htt
     if not data.extra["stream"]:
         response = await _complete(events, gen_id=gen_id, model=model, n=n)
     else:
+        # One choice: the client's response ends at [DONE], before the final write.
+        ends_early = n == 1
+        prepared[0].generation.end_before_write = ends_early
         response = _event_stream(
             _stream_body(
-                events, gen_id=gen_id, model=model, include_usage=data.extra["include_usage"]
+                events,
+                gen_id=gen_id,
+                model=model,
+                include_usage=data.extra["include_usage"],
+                ends_early=ends_early,
             )
         )
+        if ends_early:
+            response[BODY_ENDS_EARLY_HEADER] = "1"
     return _with_headers(response, prepared, data)
 
 
