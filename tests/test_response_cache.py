@@ -460,13 +460,14 @@ def sync_to_async_run(function, *args):
 
 async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, model, monkeypatch):
     from response_cache import services
+    from response_cache.embedders import MiniLMEmbedder
 
     embedded: list[str] = []
     real = services.query_vector
 
-    def counting(text):
+    def counting(text, embedder=None):
         embedded.append(text)
-        return real(text)
+        return real(text, embedder)
 
     monkeypatch.setattr(services, "query_vector", counting)
     await ask(keys[0], model)  # miss: embedded once, for the lookup and the stored entry
@@ -475,6 +476,92 @@ async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, 
     assert embedded == [QUESTION]  # exact hit: no embedding
     entry = await CacheEntry.objects.aget()
     assert entry.embedding is not None and len(entry.embedding) == 384 * 4
+    assert entry.embedder == MiniLMEmbedder.id
+
+
+# --- embedders ----------------------------------------------------------------------------
+
+STATIC_PARAPHRASE = "So, what is the capital of France?"  # static 0.967, MiniLM 0.976
+
+
+async def test_static_embedder_serves_semantic_hits_without_minilm(
+    keys, model, settings, monkeypatch
+):
+    from routing.classifiers import minilm
+
+    settings.TOKENFLOW_CACHE_EMBEDDER = "static"
+
+    def no_minilm(*args, **kwargs):
+        raise AssertionError("the static path ran MiniLM")
+
+    monkeypatch.setattr(type(minilm()), "embed_prompt", no_minilm)
+    await ask(keys[0], model)
+    entry = await CacheEntry.objects.aget()
+    assert entry.embedder.startswith("static/") and entry.embedder.endswith("/256")
+    assert len(entry.embedding) == 256 * 4
+    response, events = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"
+    assert events[0][1]["cache_similarity"] >= 0.965
+    assert text_of(events) == "Paris is the capital."
+    response, _ = await ask(keys[0], model, NEAR_MISS)
+    assert response["x-tokenflow-cache"] == "miss"  # the guard
+    # The static model is less precise: its default threshold is higher than MiniLM's.
+    response, _ = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "miss"
+    assert mock_calls(model.name) == 3
+
+
+async def test_switching_embedder_never_compares_another_embedders_vectors(keys, model, settings):
+    await ask(keys[0], model)  # stored with a MiniLM vector
+    settings.TOKENFLOW_CACHE_EMBEDDER = "static"
+    response, _ = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "miss"  # the MiniLM entry is not a candidate
+    response, _ = await ask(keys[0], model)
+    assert response["x-tokenflow-cache"] == "exact"  # exact keys do not depend on it
+    response, _ = await ask(keys[0], model, "So, what is the capital of France ?")
+    assert response["x-tokenflow-cache"] == "semantic"  # the static entry just stored
+    settings.TOKENFLOW_CACHE_EMBEDDER = "minilm"
+    response, events = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"
+    entries = {e.pk: e async for e in CacheEntry.objects.all()}
+    assert entries[events[0][1]["cache_entry_id"]].query_text == QUESTION
+
+
+@pytest.mark.parametrize("floor, searched", [(0.55, 0), (0.0, 1)])
+async def test_static_prefilter_spares_the_minilm_lookup(
+    keys, model, settings, monkeypatch, floor, searched
+):
+    from response_cache import services
+
+    settings.TOKENFLOW_CACHE_PREFILTER = floor
+    searches: list[str] = []
+    real = services._search
+
+    def counting(plan, vector):
+        searches.append(plan.query_text)
+        return real(plan, vector)
+
+    monkeypatch.setattr(services, "_search", counting)
+    await ask(keys[0], model)
+    # Passes the guard (France, no number or negation) but is nothing like the entry.
+    response, _ = await ask(keys[0], model, "Why do people visit France in summer?")
+    assert response["x-tokenflow-cache"] == "miss"
+    assert len(searches) == searched
+    response, _ = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"  # a real candidate still is searched
+
+
+def test_static_embedder_vectors():
+    import numpy as np
+
+    from response_cache.embedders import get_embedder
+
+    static = get_embedder("static")
+    a, b = static.embed(QUESTION), static.embed(NEAR_MISS)
+    assert a.shape == (256,) and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    assert 0.5 < float(a @ b) < 1
+    assert static.embed("") is None
+    assert static.embed_many([QUESTION, ""]).shape == (2, 256)
 
 
 def test_model_admin_edits_the_cache_settings(staff_client):

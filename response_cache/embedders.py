@@ -1,0 +1,130 @@
+"""What the semantic cache compares: a text's vector, from one of two embedders.
+
+- `minilm`: all-MiniLM-L6-v2 (the process's one loaded copy, batched with concurrent
+  classifications), a transformer forward pass: ~8 ms alone, 25-40 ms in a busy server.
+- `static`: a static model distilled from that MiniLM (tokenflow_site.assets.prepare_static,
+  model2vec's method): a text's vector is the normalised mean of its tokens' rows, ~25 us.
+
+Every stored vector carries its embedder's `id` (name, dimensions, and for the static model
+a digest of its vectors), and the index only compares vectors of one id: switching the
+setting, or re-distilling, never compares incompatible vectors. The static model also
+serves as the MiniLM path's prefilter (response_cache.index): a candidate whose static
+similarity is far below any hit's is not worth a MiniLM pass.
+"""
+
+import hashlib
+import json
+import threading
+
+import numpy as np
+from django.conf import settings
+
+EMBEDDERS = ("minilm", "static")
+
+
+class MiniLMEmbedder:
+    name = "minilm"
+    dimensions = 384
+    id = "minilm/all-MiniLM-L6-v2/384"
+    fast = False  # a forward pass: in a worker thread, and only when a hit is possible
+
+    def embed(self, text: str) -> np.ndarray | None:
+        """The vector of `text`, or None when the text is longer than MiniLM's 256-token
+        window: two long texts that differ only past it would look identical."""
+        from routing.classifiers import minilm
+        from routing.classifiers.embedding import MAX_TOKENS
+
+        model = minilm()
+        # A WordPiece token covers at least one character: short texts need no count.
+        if len(text) > MAX_TOKENS - 2 and model.token_count(text) > MAX_TOKENS:
+            return None
+        return np.asarray(model.embed_prompt(text), dtype=np.float32)
+
+
+class StaticEmbedder:
+    name = "static"
+    fast = True  # a lookup and a mean: inline, on the request path
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vectors: np.ndarray | None = None
+        self._tokenizer = None
+        self.id = ""
+        self.dimensions = 0
+
+    def load(self) -> None:
+        if self._vectors is not None:
+            return
+        with self._lock:
+            if self._vectors is not None:
+                return
+            from tokenizers import Tokenizer
+
+            from tokenflow_site.assets import MANIFEST, static_path
+
+            path = static_path()
+            vectors = np.load(path / "vectors.npy")
+            manifest = json.loads((path / MANIFEST).read_text())["files"]
+            digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self.dimensions = vectors.shape[1]
+            self.id = f"static/{digest[:12]}/{self.dimensions}"
+            self._tokenizer = tokenizer
+            self._vectors = vectors
+
+    def embed(self, text: str) -> np.ndarray | None:
+        """The normalised mean of the rows of `text`'s tokens (None: no known token).
+        The whole text counts, however long: no window to fall out of."""
+        self.load()
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        if not ids:
+            return None
+        vector = self._vectors[ids].mean(axis=0)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 1e-9 else None
+
+    def embed_many(self, texts: list[str]) -> np.ndarray:
+        """One row per text (zeros where `embed` gives None)."""
+        self.load()
+        rows = [self.embed(text) for text in texts]
+        return np.stack(
+            [r if r is not None else np.zeros(self.dimensions, np.float32) for r in rows]
+        )
+
+
+_minilm = MiniLMEmbedder()
+_static = StaticEmbedder()
+
+
+def get_embedder(name: str | None = None) -> MiniLMEmbedder | StaticEmbedder:
+    """The embedder named by TOKENFLOW_CACHE_EMBEDDER (or `name`), loaded."""
+    name = name or settings.TOKENFLOW_CACHE_EMBEDDER
+    if name == "static":
+        _static.load()
+        return _static
+    return _minilm
+
+
+def prefilter_embedder() -> StaticEmbedder | None:
+    """The static model when the MiniLM path is prefiltered by it (and it is prepared)."""
+    if settings.TOKENFLOW_CACHE_EMBEDDER != "minilm" or settings.TOKENFLOW_CACHE_PREFILTER <= 0:
+        return None
+    try:
+        _static.load()
+    except Exception:  # noqa: BLE001 - not prepared: the MiniLM path runs unfiltered
+        return None
+    return _static
+
+
+def default_threshold() -> float:
+    """The similarity of a semantic hit: TOKENFLOW_CACHE_SIMILARITY, else the embedder's
+    default chosen on the labelled tune split (bench/cache.py)."""
+    if settings.TOKENFLOW_CACHE_SIMILARITY is not None:
+        return settings.TOKENFLOW_CACHE_SIMILARITY
+    return DEFAULT_THRESHOLDS[settings.TOKENFLOW_CACHE_EMBEDDER]
+
+
+# Chosen on the tune split of bench/data/cache_pairs.jsonl (bench/cache.py).
+DEFAULT_THRESHOLDS = {"minilm": 0.89, "static": 0.965}
