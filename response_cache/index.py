@@ -97,12 +97,15 @@ class ScopeIndex:
         shared: bool,
         guard: Features | None,
         limit: int = 8,
+        rough: bool = False,
     ) -> list[Candidate]:
         """Live entries of this key (or any key when shared) at or above `threshold`,
-        best first, that pass the guard (when given)."""
-        if not self.ids:
+        best first, that pass the guard (when given); by the prefilter's vectors when
+        `rough` (`vector` is then the query's prefilter vector)."""
+        vectors = self.rough if rough else self.vectors
+        if not self.ids or vectors is None:
             return []
-        sims = self.vectors @ vector
+        sims = vectors @ vector
         now = time.time()
         order = np.argsort(-sims)
         found: list[Candidate] = []

@@ -31,7 +31,12 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from response_cache.embedders import default_threshold, get_embedder, prefilter_embedder
+from response_cache.embedders import (
+    DEFAULT_THRESHOLDS,
+    default_threshold,
+    get_embedder,
+    prefilter_embedder,
+)
 from response_cache.guard import Features, features
 from response_cache.index import semantic_index
 from response_cache.models import CacheEntry
@@ -206,6 +211,11 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
             cache_start(plan)
             if plan.query_vector is not None:
                 _semantic_fetch(plan, generation, _search(plan, plan.query_vector))
+        elif plan.maybe_semantic and rough is not None:
+            # An entry the static model alone calls a hit at its own (stricter) threshold
+            # (a near-verbatim repeat) is served now, without the MiniLM pass.
+            threshold = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
+            _semantic_fetch(plan, generation, _search(plan, rough, threshold, rough=True))
 
 
 ENTRY_SQL = (
@@ -277,14 +287,15 @@ async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
         await sync_to_async(_semantic_fetch)(plan, generation, candidates)
 
 
-def _search(plan: CachePlan, vector: np.ndarray):
+def _search(plan: CachePlan, vector: np.ndarray, threshold: float | None = None, rough=False):
     return semantic_index.search(
         plan.index_key,
         vector,
-        threshold=plan.threshold,
+        threshold=plan.threshold if threshold is None else threshold,
         api_key_id=plan.api_key_id,
         shared=plan.shared,
         guard=plan.guard,
+        rough=rough,
     )
 
 

@@ -537,9 +537,10 @@ async def test_static_prefilter_spares_the_minilm_lookup(
     searches: list[str] = []
     real = services._search
 
-    def counting(plan, vector):
-        searches.append(plan.query_text)
-        return real(plan, vector)
+    def counting(plan, vector, threshold=None, rough=False):
+        if not rough:  # a search by the MiniLM vector
+            searches.append(plan.query_text)
+        return real(plan, vector, threshold, rough)
 
     monkeypatch.setattr(services, "_search", counting)
     await ask(keys[0], model)
@@ -549,6 +550,22 @@ async def test_static_prefilter_spares_the_minilm_lookup(
     assert len(searches) == searched
     response, _ = await ask(keys[0], model, PARAPHRASE)
     assert response["x-tokenflow-cache"] == "semantic"  # a real candidate still is searched
+
+
+async def test_minilm_path_serves_a_near_verbatim_repeat_without_minilm(keys, model, monkeypatch):
+    from routing.classifiers import minilm
+
+    await ask(keys[0], model)  # stored with its MiniLM vector
+
+    def no_minilm(*args, **kwargs):
+        raise AssertionError("MiniLM ran for a near-verbatim repeat")
+
+    monkeypatch.setattr(type(minilm()), "embed_prompt", no_minilm)
+    monkeypatch.setattr("response_cache.services.cache_store_later", lambda *args: None)
+    response, events = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"  # the static model alone: >= 0.965
+    assert events[0][1]["cache_similarity"] >= 0.965
+    assert text_of(events) == "Paris is the capital."
 
 
 def test_static_embedder_vectors():
