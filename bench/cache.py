@@ -1,21 +1,25 @@
 """Response cache: semantic quality on a labelled set, and latency through a live server.
 
 Quality (bench/data/cache_pairs.jsonl: paraphrases that should hit, near-misses that must
-not): MiniLM cosine of each pair, with and without the lexical guard
-(response_cache/guard.py). The threshold is chosen on the `tune` split (the lowest whose
+not): the cosine of each pair by both embedders (response_cache/embedders.py: MiniLM and
+the static model distilled from it), with and without the lexical guard
+(response_cache/guard.py). A threshold is chosen on the `tune` split (the lowest whose
 precision there is >= 0.99); precision and recall are reported on `test` (held out from
 the threshold choice; its near-misses were seen while the guard's rules were written) and
-on `holdout` (written after the guard and the threshold were frozen, never tuned on).
+on `holdout` (written after the guard and the MiniLM threshold were frozen, never tuned
+on). Then the MiniLM path's static prefilter (its floor chosen on `tune`) and static fast
+path: what they cost in held-out recall and precision.
 
-Latency: a live daphne (embedded default: SQLite, in-process index) with a mock model of
-zero latency; rounds interleave, per round: cache off (`cache: false`), a cacheable miss
-(temperature 0, a new real question: exact lookup, then the embedding whenever a stored
-entry passes the guard, semantic search, store), a guarded miss ("fact N about
-volcanoes": no stored entry has the same number, so the lookup does not wait for the
-embedding, which runs on while the model streams and is awaited to store), an exact hit,
-a semantic hit (a paraphrase of a stored prompt), and an uncacheable request
-(temperature 0.7: the cache is not consulted). TTFT is the first text_chunk of the SSE
-stream; total is the whole stream.
+Latency: one live daphne per embedder (embedded default: SQLite, in-process index) with a
+mock model of zero latency; rounds interleave every kind on every server, per round:
+cache off (`cache: false`), a cacheable miss (temperature 0, a new real question: exact
+lookup, then, MiniLM, the embedding whenever a stored entry passes the guard and the
+static prefilter; semantic search; store), a guarded miss ("fact N about volcanoes": no
+stored entry has the same number, so the lookup does not wait for an embedding), an exact
+hit, a semantic hit (a paraphrase only MiniLM hits: MiniLM server only), a close semantic
+hit (a paraphrase the static model hits too: the static embedder, or the MiniLM path's
+static fast path), and an uncacheable request (temperature 0.7: the cache is not
+consulted). TTFT is the first text_chunk of the SSE stream; total is the whole stream.
 
     .venv/bin/python bench/cache.py [--rounds 100] [--port 18400] [--embedders minilm,static]
         [--skip-quality] [--skip-latency]
