@@ -14,12 +14,14 @@ similarity is far below any hit's is not worth a MiniLM pass.
 
 import hashlib
 import json
+import logging
 import threading
 
 import numpy as np
 from django.conf import settings
 
 EMBEDDERS = ("minilm", "static")
+logger = logging.getLogger(__name__)
 
 
 class MiniLMEmbedder:
@@ -67,6 +69,8 @@ class StaticEmbedder:
             manifest = json.loads((path / MANIFEST).read_text())["files"]
             digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
             tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+            # Set once, before any thread sees it: `encode` then mutates nothing and is
+            # safe to call concurrently (changing these while encoding is what is not).
             tokenizer.no_truncation()
             tokenizer.no_padding()
             self.dimensions = vectors.shape[1]
@@ -107,13 +111,21 @@ def get_embedder(name: str | None = None) -> MiniLMEmbedder | StaticEmbedder:
     return _minilm
 
 
+_static_missing = False
+
+
 def prefilter_embedder() -> StaticEmbedder | None:
     """The static model when the MiniLM path is prefiltered by it (and it is prepared)."""
+    global _static_missing
     if settings.TOKENFLOW_CACHE_EMBEDDER != "minilm" or settings.TOKENFLOW_CACHE_PREFILTER <= 0:
+        return None
+    if _static_missing:
         return None
     try:
         _static.load()
     except Exception:  # noqa: BLE001 - not prepared: the MiniLM path runs unfiltered
+        _static_missing = True  # until the process restarts (after `prepare_models`)
+        logger.warning("Response cache: no static model; the MiniLM path is not prefiltered")
         return None
     return _static
 
