@@ -211,9 +211,10 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
             cache_start(plan)
             if plan.query_vector is not None:
                 _semantic_fetch(plan, generation, _search(plan, plan.query_vector))
-        elif plan.maybe_semantic and rough is not None:
+        elif plan.maybe_semantic and rough is not None and plan.guard is not None:
             # An entry the static model alone calls a hit at its own (stricter) threshold
-            # (a near-verbatim repeat) is served now, without the MiniLM pass.
+            # and that passes the guard (a near-verbatim repeat) is served now, without
+            # the MiniLM pass. Without the guard, static cosine is far from precise.
             threshold = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
             _semantic_fetch(plan, generation, _search(plan, rough, threshold, rough=True))
 
