@@ -21,7 +21,8 @@ hit (a paraphrase the static model hits too: the static embedder, or the MiniLM 
 static fast path), and an uncacheable request (temperature 0.7: the cache is not
 consulted). TTFT is the first text_chunk of the SSE stream; total is the whole stream.
 
-    .venv/bin/python bench/cache.py [--rounds 100] [--port 18400] [--embedders minilm,static]
+    .venv/bin/python bench/cache.py [--rounds 100] [--port 18400]
+        [--embedders minilm,static,minilm-torch]
         [--skip-quality] [--skip-latency]
 """
 
@@ -235,7 +236,7 @@ async def measure(rounds: int, targets: dict[str, tuple[str, str]], model: str, 
     expected["uncacheable"] = "-"
     results = {target: {name: [] for name in kinds} for target in targets}
     async with httpx.AsyncClient(timeout=120) as client:
-        for url, key in targets.values():
+        for target, (url, key) in targets.items():
             await one(client, url, key, kinds["exact hit"](0))  # stores the answer ...
             for _ in range(300):  # ... in a task after the response: wait until it is there
                 if (await one(client, url, key, kinds["exact hit"](0)))[2] == "exact":
@@ -243,8 +244,9 @@ async def measure(rounds: int, targets: dict[str, tuple[str, str]], model: str, 
                 await asyncio.sleep(0.1)
             for i in range(5):  # warm-up: the embedders, connections, the index
                 for name, make in kinds.items():
-                    if not name.startswith("miss") and name != "semantic hit":
-                        await one(client, url, key, make(i))
+                    if name.startswith("miss") or (name == "semantic hit" and target == "static"):
+                        continue
+                    await one(client, url, key, make(i))
         for i in range(rounds):
             for name, make in kinds.items():
                 for target, (url, key) in targets.items():
@@ -277,7 +279,9 @@ def latency(args, lines: list[str]) -> None:
             gateway = Gateway(
                 TOKENFLOW_MODEL_DIR=os.environ.get("TOKENFLOW_MODEL_DIR", str(MODELS)),
                 TOKENFLOW_CLASSIFIER_THREADS=str(args.torch_threads),
-                TOKENFLOW_CACHE_EMBEDDER=embedder,
+                # "minilm-torch": MiniLM without the ONNX Runtime export, as before it.
+                TOKENFLOW_CACHE_EMBEDDER=embedder.removesuffix("-torch"),
+                TOKENFLOW_CACHE_ONNX="0" if embedder.endswith("-torch") else "1",
             )
             gateways[embedder] = gateway
             gateway.port = args.port + offset
@@ -332,7 +336,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--port", type=int, default=18400, help="first port (one per embedder)")
-    parser.add_argument("--embedders", default="minilm,static", help="comma-separated")
+    parser.add_argument(
+        "--embedders",
+        default="minilm,static,minilm-torch",
+        help="comma-separated; minilm-torch: MiniLM on torch (TOKENFLOW_CACHE_ONNX=0)",
+    )
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--gap", type=float, default=0.1, help="seconds between requests")
     parser.add_argument("--skip-quality", action="store_true")

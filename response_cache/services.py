@@ -3,10 +3,11 @@
 routing.services.generation calls it at one place for every transport:
 `cache_plan` (from the validated request, no I/O) -> `cache_probe` (in the same database
 hop as the Generation insert: the exact lookup, the semantic index refresh and the lexical
-guard against the scope's entries; with the static embedder, the whole semantic lookup,
-its vector being a ~25 us token lookup) -> `cache_resolve` (MiniLM embedder only: after an
-exact miss, if some entry of the scope passes the guard and the static prefilter, the
-MiniLM embedding of the last user message, in a worker thread, and the semantic search)
+guard against the scope's entries; with a fast embedder (static: ~25 us; MiniLM on ONNX
+Runtime: ~3 ms) the whole semantic lookup when a hit is plausible) -> `cache_resolve`
+(MiniLM on torch only: after an exact miss, if some entry of the scope passes the guard
+and the static prefilter, the MiniLM embedding of the last user message, in a worker
+thread, and the semantic search)
 -> on a completed miss, `cache_store_later`: a task of its own, after the end event,
 embeds (unless the lookup already did: never twice) and stores.
 
@@ -145,8 +146,9 @@ def query_vector(text: str, embedder=None) -> np.ndarray | None:
 
 
 def cache_start(plan: CachePlan) -> None:
-    """Start embedding the query: inline with a fast (static) embedder, else in a worker
-    thread (awaited for a semantic lookup, or when the answer is stored)."""
+    """Start embedding the query: inline with a fast embedder (static, or MiniLM on ONNX
+    Runtime), else in a worker thread (awaited for a semantic lookup, or when the answer
+    is stored)."""
     if plan.query_text is None or plan.embedder is None or plan.embedded:
         return
     if plan.embedder.fast:
@@ -194,7 +196,7 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
         _hit(plan, generation, entry, CacheResult.EXACT, None)
     elif plan.query_text is not None and (embedder := _embedder()) is not None:
         plan.embedder = embedder
-        prefilter = None if embedder.fast else prefilter_embedder()
+        prefilter = prefilter_embedder() if embedder.name == "minilm" else None
         semantic_index.refresh(plan.index_key, embedder.dimensions, prefilter)
         plan.guard = features(plan.query_text) if settings.TOKENFLOW_CACHE_GUARD else None
         rough = prefilter.embed(plan.query_text) if prefilter is not None else None
@@ -206,17 +208,18 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
             rough=rough,
             rough_threshold=settings.TOKENFLOW_CACHE_PREFILTER,
         )
-        if embedder.fast and plan.maybe_semantic:
-            # The whole semantic lookup, in this database hop: no thread, no second hop.
+        if plan.maybe_semantic and rough is not None and plan.guard is not None:
+            # An entry the static model alone calls a hit at its own (stricter) threshold
+            # and that passes the guard (a near-verbatim repeat) is served now, without
+            # MiniLM. Without the guard, static cosine is far from precise.
+            threshold = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
+            _semantic_fetch(plan, generation, _search(plan, rough, threshold, rough=True))
+        if plan.maybe_semantic and plan.entry is None and embedder.fast:
+            # A fast embedder (static, or MiniLM on ONNX Runtime) runs here, in this
+            # database hop (the request's own sync thread): no worker thread, no second hop.
             cache_start(plan)
             if plan.query_vector is not None:
                 _semantic_fetch(plan, generation, _search(plan, plan.query_vector))
-        elif plan.maybe_semantic and rough is not None and plan.guard is not None:
-            # An entry the static model alone calls a hit at its own (stricter) threshold
-            # and that passes the guard (a near-verbatim repeat) is served now, without
-            # the MiniLM pass. Without the guard, static cosine is far from precise.
-            threshold = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
-            _semantic_fetch(plan, generation, _search(plan, rough, threshold, rough=True))
 
 
 ENTRY_SQL = (
@@ -277,8 +280,8 @@ async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
     the model shares its cache) at or above the threshold that passes the guard."""
     if plan.entry is not None or plan.query_text is None or not plan.maybe_semantic:
         return  # without a candidate, the vector is made once the first token is out
-    if plan.embedder.fast:
-        return  # cache_probe already looked
+    if plan.embedded:
+        return  # a fast embedder: cache_probe already looked
     cache_start(plan)
     vector = await plan.vector()
     if vector is None:

@@ -294,7 +294,9 @@ async def test_failed_and_tool_call_answers_are_not_stored(keys, transactional_d
 # --- semantic -----------------------------------------------------------------------------
 
 
-async def test_semantic_hit_on_a_paraphrase_and_miss_on_a_near_miss(keys, model):
+@pytest.mark.parametrize("onnx", [True, False], ids=["onnxruntime", "torch"])
+async def test_semantic_hit_on_a_paraphrase_and_miss_on_a_near_miss(keys, model, settings, onnx):
+    settings.TOKENFLOW_CACHE_ONNX = onnx
     await ask(keys[0], model)
     response, events = await ask(keys[0], model, PARAPHRASE)
     assert response["x-tokenflow-cache"] == "semantic"
@@ -566,6 +568,28 @@ async def test_minilm_path_serves_a_near_verbatim_repeat_without_minilm(keys, mo
     assert response["x-tokenflow-cache"] == "semantic"  # the static model alone: >= 0.965
     assert events[0][1]["cache_similarity"] >= 0.965
     assert text_of(events) == "Paris is the capital."
+
+
+def test_minilm_on_onnxruntime_and_on_torch_give_the_same_vectors(settings):
+    import numpy as np
+
+    from response_cache.embedders import get_embedder
+
+    minilm = get_embedder("minilm")
+    texts = [QUESTION, PARAPHRASE, "Explain recursion to a child, with an example. " * 8]
+    settings.TOKENFLOW_CACHE_ONNX = True
+    assert minilm.fast  # the export is prepared: lookups run it inline
+    onnx = [minilm.embed(t) for t in texts]
+    settings.TOKENFLOW_CACHE_ONNX = False
+    assert not minilm.fast
+    torch = [minilm.embed(t) for t in texts]
+    for a, b in zip(onnx, torch, strict=True):
+        assert a.shape == (384,) and float(a @ b) > 0.99999
+    too_long = "word " * 300  # past MiniLM's 256-token window: not embedded by either
+    assert minilm.embed(too_long) is None
+    settings.TOKENFLOW_CACHE_ONNX = True
+    assert minilm.embed(too_long) is None
+    assert np.isclose(float(np.linalg.norm(onnx[0])), 1.0, atol=1e-5)
 
 
 def test_static_embedder_vectors():

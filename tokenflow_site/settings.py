@@ -417,6 +417,9 @@ TOKENFLOW_CACHE_SIMILARITY = (
     if os.environ.get("TOKENFLOW_CACHE_SIMILARITY")
     else None
 )
+# MiniLM by ONNX Runtime when `prepare_models` exported it (~3 ms a lookup, inline), else
+# by torch (~8-11 ms, in a worker thread). Same vectors either way.
+TOKENFLOW_CACHE_ONNX = env_bool("TOKENFLOW_CACHE_ONNX", True)
 # MiniLM path: the static similarity a stored entry needs before a lookup pays a MiniLM
 # pass for it (0 = no prefilter); chosen on the tune split (bench/cache.py).
 TOKENFLOW_CACHE_PREFILTER = float(os.environ.get("TOKENFLOW_CACHE_PREFILTER", 0.55))
