@@ -145,13 +145,13 @@ def query_vector(text: str, embedder=None) -> np.ndarray | None:
     return (embedder or get_embedder()).embed(text)
 
 
-def cache_start(plan: CachePlan) -> None:
-    """Start embedding the query: inline with a fast embedder (static, or MiniLM on ONNX
-    Runtime), else in a worker thread (awaited for a semantic lookup, or when the answer
-    is stored)."""
+def cache_start(plan: CachePlan, *, inline: bool = False) -> None:
+    """Start embedding the query: `inline` (cache_probe, in the request's sync thread, with
+    a fast embedder: static, or MiniLM on ONNX Runtime), else in a worker thread, never on
+    the event loop (awaited for a semantic lookup, or when the answer is stored)."""
     if plan.query_text is None or plan.embedder is None or plan.embedded:
         return
-    if plan.embedder.fast:
+    if inline:
         plan.query_vector, plan.embedded = query_vector(plan.query_text, plan.embedder), True
     elif plan.vector_task is None:
         plan.vector_task = asyncio.ensure_future(
@@ -217,7 +217,7 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
         if plan.maybe_semantic and plan.entry is None and embedder.fast:
             # A fast embedder (static, or MiniLM on ONNX Runtime) runs here, in this
             # database hop (the request's own sync thread): no worker thread, no second hop.
-            cache_start(plan)
+            cache_start(plan, inline=True)
             if plan.query_vector is not None:
                 _semantic_fetch(plan, generation, _search(plan, plan.query_vector))
 

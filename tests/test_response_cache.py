@@ -1,6 +1,7 @@
 """The response cache (exact and semantic) on every transport: hits, misses, scoping,
 expiry, opting out, bad input, the admin purge and another process's entries."""
 
+import asyncio
 import json
 import os
 import time
@@ -465,10 +466,16 @@ async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, 
     from response_cache.embedders import MiniLMEmbedder
 
     embedded: list[str] = []
+    on_loop: list[bool] = []
     real = services.query_vector
 
     def counting(text, embedder=None):
         embedded.append(text)
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
         return real(text, embedder)
 
     monkeypatch.setattr(services, "query_vector", counting)
@@ -479,6 +486,7 @@ async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, 
     entry = await CacheEntry.objects.aget()
     assert entry.embedding is not None and len(entry.embedding) == 384 * 4
     assert entry.embedder == MiniLMEmbedder.id
+    assert on_loop == [False]  # the store's embedding never blocks the event loop
 
 
 # --- embedders ----------------------------------------------------------------------------
