@@ -20,7 +20,6 @@ import contextvars
 import hashlib
 import json
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -72,7 +71,6 @@ class CachePlan:
     embedder: Any = None  # response_cache.embedders: whose vectors the lookup compares
     embedded: bool = False  # `query_vector` is the query's vector (maybe None)
     query_vector: np.ndarray | None = None
-    prefetch: Future | None = None  # a MiniLM pass started before the Generation insert
     exact_key: str = ""
     scope_key: str = ""
     threshold: float = 0.0
@@ -154,16 +152,7 @@ def cache_start(plan: CachePlan, *, inline: bool = False) -> None:
     if plan.query_text is None or plan.embedder is None or plan.embedded:
         return
     if inline:
-        if plan.prefetch is not None:  # started before the Generation insert
-            try:
-                plan.query_vector = plan.prefetch.result()
-            except Exception:  # noqa: BLE001 - no semantic cache beats a failed request
-                logger.warning("Cache embedding failed", exc_info=True)
-            plan.embedded = True
-        else:
-            plan.query_vector, plan.embedded = query_vector(plan.query_text, plan.embedder), True
-    elif plan.prefetch is not None and plan.vector_task is None:
-        plan.vector_task = asyncio.wrap_future(plan.prefetch)
+        plan.query_vector, plan.embedded = query_vector(plan.query_text, plan.embedder), True
     elif plan.vector_task is None:
         plan.vector_task = asyncio.ensure_future(
             sync_to_async(query_vector, thread_sensitive=False)(plan.query_text, plan.embedder)
@@ -186,10 +175,12 @@ def _embedder():
         return None
 
 
-def _key(plan: CachePlan, model: ModelRanking, api_key_id: int | None) -> None:
-    """The plan's model, key scope, threshold, exact and scope keys."""
+def cache_probe(plan: CachePlan, generation: Generation) -> None:
+    """Synchronously, right after the Generation insert: key the request on its model,
+    look the exact key up and bring the scope's semantic index up to date."""
+    model = generation.model
     plan.model = model
-    plan.api_key_id = api_key_id
+    plan.api_key_id = generation.api_key_id
     plan.shared = model.cache_shared_across_keys
     plan.threshold = (
         model.cache_similarity_threshold
@@ -198,43 +189,6 @@ def _key(plan: CachePlan, model: ModelRanking, api_key_id: int | None) -> None:
     )
     plan.exact_key = _digest(plan.material(model, plan.messages))
     plan.scope_key = _digest(plan.material(model, plan.messages[:-1]))
-
-
-_prefetch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cache-embed")
-
-
-def cache_prefetch(plan: CachePlan | None, model: ModelRanking, api_key_id: int | None) -> None:
-    """Before the Generation insert: when this process's index already holds an entry a
-    MiniLM (ONNX Runtime) lookup could hit, start that pass in a worker thread now, so it
-    runs while the row is inserted and the exact key looked up (ONNX Runtime releases the
-    GIL). Not when an entry is (near-)identical: that is an exact hit or the static fast
-    path, which need no MiniLM. cache_probe uses the result (or embeds itself when the
-    refreshed index finds a candidate this one did not know)."""
-    if plan is None or plan.query_text is None or not settings.TOKENFLOW_CACHE_GUARD:
-        return
-    embedder = _embedder()
-    prefilter = prefilter_embedder()
-    if embedder is None or embedder.name != "minilm" or not embedder.fast or prefilter is None:
-        return
-    _key(plan, model, api_key_id)
-    plan.embedder = embedder
-    guard = features(plan.query_text)
-    rough = prefilter.embed(plan.query_text)
-    if rough is None:
-        return
-    options = {"api_key_id": api_key_id, "shared": plan.shared, "guard": guard}
-    near = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
-    if semantic_index.search(plan.index_key, rough, threshold=near, rough=True, **options):
-        return
-    floor = settings.TOKENFLOW_CACHE_PREFILTER
-    if semantic_index.may_match(plan.index_key, rough=rough, rough_threshold=floor, **options):
-        plan.prefetch = _prefetch_pool.submit(query_vector, plan.query_text, embedder)
-
-
-def cache_probe(plan: CachePlan, generation: Generation) -> None:
-    """Synchronously, right after the Generation insert: key the request on its model,
-    look the exact key up and bring the scope's semantic index up to date."""
-    _key(plan, generation.model, generation.api_key_id)
     generation.cache = CacheResult.MISS
     generation.cache_plan = plan
     entry = _exact_lookup(plan)

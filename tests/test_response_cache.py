@@ -600,32 +600,6 @@ def test_minilm_on_onnxruntime_and_on_torch_give_the_same_vectors(settings):
     assert np.isclose(float(np.linalg.norm(onnx[0])), 1.0, atol=1e-5)
 
 
-async def test_a_plausible_minilm_lookup_starts_before_the_insert(keys, model, monkeypatch):
-    from response_cache import services
-
-    started: list[str] = []
-    real = services._prefetch_pool.submit
-
-    def submit(function, text, embedder):
-        started.append(text)
-        return real(function, text, embedder)
-
-    monkeypatch.setattr(services._prefetch_pool, "submit", submit)
-    await ask(keys[0], model)  # the scope was empty: nothing to start early
-    # Unrelated: no early pass; its lookup loads the stored entry into this index.
-    response, _ = await ask(keys[0], model, "Why do people visit France in summer?")
-    assert response["x-tokenflow-cache"] == "miss"
-    assert started == []
-    response, _ = await ask(keys[0], model, PARAPHRASE)
-    assert response["x-tokenflow-cache"] == "semantic"
-    assert started == [PARAPHRASE]  # its MiniLM pass ran alongside the insert
-    response, _ = await ask(keys[0], model)
-    assert response["x-tokenflow-cache"] == "exact"
-    response, _ = await ask(keys[0], model, STATIC_PARAPHRASE)
-    assert response["x-tokenflow-cache"] == "semantic"
-    assert started == [PARAPHRASE]  # identical, near-identical: no MiniLM pass
-
-
 def test_static_embedder_vectors():
     import numpy as np
 

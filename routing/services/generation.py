@@ -34,7 +34,6 @@ from response_cache.services import (
     cache_hit_fields,
     cache_metadata,
     cache_plan,
-    cache_prefetch,
     cache_probe,
     cache_resolve,
     cache_store_later,
@@ -515,8 +514,6 @@ def _prepared(
 ) -> PreparedGeneration:
     """Persist the queued Generation of a model choice, with what its stream needs (and,
     in the same database hop, look the response cache up)."""
-    if plan is not None:  # a MiniLM pass a semantic hit may need overlaps the insert
-        cache_prefetch(plan, choice.model, api_key.pk if api_key is not None else None)
     generation = generation_prepare(
         model=choice.model,
         messages=messages,
