@@ -1,28 +1,35 @@
 """Response cache: semantic quality on a labelled set, and latency through a live server.
 
 Quality (bench/data/cache_pairs.jsonl: paraphrases that should hit, near-misses that must
-not): MiniLM cosine of each pair, with and without the lexical guard
-(response_cache/guard.py). The threshold is chosen on the `tune` split (the lowest whose
+not): the cosine of each pair by both embedders (response_cache/embedders.py: MiniLM and
+the static model distilled from it), with and without the lexical guard
+(response_cache/guard.py). A threshold is chosen on the `tune` split (the lowest whose
 precision there is >= 0.99); precision and recall are reported on `test` (held out from
 the threshold choice; its near-misses were seen while the guard's rules were written) and
-on `holdout` (written after the guard and the threshold were frozen, never tuned on).
+on `holdout` (written after the guard and the MiniLM threshold were frozen, never tuned
+on). Then the MiniLM path's static prefilter (its floor chosen on `tune`) and static fast
+path: what they cost in held-out recall and precision.
 
-Latency: a live daphne (embedded default: SQLite, in-process index) with a mock model of
-zero latency; rounds interleave, per round: cache off (`cache: false`), a cacheable miss
-(temperature 0, a new real question: exact lookup, then the embedding whenever a stored
-entry passes the guard, semantic search, store), a guarded miss ("fact N about
-volcanoes": no stored entry has the same number, so the lookup does not wait for the
-embedding, which runs on while the model streams and is awaited to store), an exact hit,
-a semantic hit (a paraphrase of a stored prompt), and an uncacheable request
-(temperature 0.7: the cache is not consulted). TTFT is the first text_chunk of the SSE
-stream; total is the whole stream.
+Latency: one live daphne per embedder (embedded default: SQLite, in-process index) with a
+mock model of zero latency; rounds interleave every kind on every server, per round:
+cache off (`cache: false`), a cacheable miss (temperature 0, a new real question: exact
+lookup, then, MiniLM, the embedding whenever a stored entry passes the guard and the
+static prefilter; semantic search; store), a guarded miss ("fact N about volcanoes": no
+stored entry has the same number, so the lookup does not wait for an embedding), an exact
+hit, a semantic hit (a paraphrase only MiniLM hits: MiniLM server only), a close semantic
+hit (a paraphrase the static model hits too: the static embedder, or the MiniLM path's
+static fast path), and an uncacheable request (temperature 0.7: the cache is not
+consulted). TTFT is the first text_chunk of the SSE stream; total is the whole stream.
 
-    .venv/bin/python bench/cache.py [--rounds 60] [--port 18400] [--skip-quality]
+    .venv/bin/python bench/cache.py [--rounds 100] [--port 18400]
+        [--embedders minilm,static,minilm-torch]
+        [--skip-quality] [--skip-latency]
 """
 
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -44,8 +51,20 @@ TUNE_PRECISION = 0.99
 # --- quality ------------------------------------------------------------------------------
 
 
-def _scores(rows: list[dict], threshold: float, guarded: bool) -> dict:
-    predicted = [r["sim"] >= threshold and (r["guard"] or not guarded) for r in rows]
+def _scores(
+    rows: list[dict], threshold: float, guarded: bool, key: str = "sim", floor=0.0, fast=None
+) -> dict:
+    """Predicted hit: `key` similarity >= threshold, the guard (when `guarded`) and the
+    static prefilter similarity >= `floor`; or (given `fast`) the guard and a static
+    similarity >= `fast` (the MiniLM path's static fast path)."""
+    predicted = [
+        (r["guard"] or not guarded)
+        and (
+            (r[key] >= threshold and r["static"] >= floor)
+            or (fast is not None and r["static"] >= fast)
+        )
+        for r in rows
+    ]
     tp = sum(p and r["hit"] for p, r in zip(predicted, rows, strict=True))
     fp = sum(p and not r["hit"] for p, r in zip(predicted, rows, strict=True))
     positives = sum(r["hit"] for r in rows)
@@ -59,11 +78,22 @@ def _scores(rows: list[dict], threshold: float, guarded: bool) -> dict:
     }
 
 
-def _choose(rows: list[dict], guarded: bool) -> float:
+def _choose(rows: list[dict], guarded: bool, key: str = "sim") -> float:
     for threshold in GRID:
-        if _scores(rows, threshold, guarded)["precision"] >= TUNE_PRECISION:
+        if _scores(rows, threshold, guarded, key)["precision"] >= TUNE_PRECISION:
             return threshold
     return GRID[-1]
+
+
+def _line(splits: dict, threshold: float, guarded: bool, key: str, floor=0.0, fast=None) -> str:
+    parts = []
+    for split in ("tune", "test", "holdout"):
+        s = _scores(splits[split], threshold, guarded, key, floor, fast)
+        parts.append(
+            f"{split}: P {s['precision']:.3f} R {s['recall']:.3f} "
+            f"(false hits {s['fp']}/{s['negatives']})"
+        )
+    return "; ".join(parts)
 
 
 def quality(lines: list[str]) -> None:
@@ -73,15 +103,23 @@ def quality(lines: list[str]) -> None:
     django.setup()
     from django.conf import settings
 
+    from response_cache.embedders import DEFAULT_THRESHOLDS, get_embedder
     from response_cache.guard import compatible, features
     from routing.classifiers import minilm
 
     rows = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
     model = minilm()
-    a = model.embed([r["a"] for r in rows])
-    b = model.embed([r["b"] for r in rows])
-    for row, sim in zip(rows, (a * b).sum(axis=1), strict=True):
-        row["sim"] = float(sim)
+    static = get_embedder("static")
+    sims = {
+        "sim": (model.embed([r["a"] for r in rows]) * model.embed([r["b"] for r in rows])),
+        "static": (
+            static.embed_many([r["a"] for r in rows]) * static.embed_many([r["b"] for r in rows])
+        ),
+    }
+    for key, products in sims.items():
+        for row, sim in zip(rows, products.sum(axis=1), strict=True):
+            row[key] = float(sim)
+    for row in rows:
         row["guard"] = compatible(features(row["a"]), features(row["b"]))
     splits = {name: [r for r in rows if r["split"] == name] for name in ("tune", "test", "holdout")}
     counts = ", ".join(
@@ -89,35 +127,60 @@ def quality(lines: list[str]) -> None:
         for name, part in splits.items()
     )
     lines.append(f"semantic quality: {len(rows)} pairs (paraphrases+near-misses): {counts}")
-    default = settings.TOKENFLOW_CACHE_SIMILARITY
-    for guarded in (False, True):
-        name = "cosine + guard" if guarded else "cosine only   "
-        chosen = _choose(splits["tune"], guarded)
-        for label, threshold in (("chosen on tune", chosen), ("the default", default)):
-            parts = []
-            for split in ("tune", "test", "holdout"):
-                s = _scores(splits[split], threshold, guarded)
-                parts.append(
-                    f"{split}: P {s['precision']:.3f} R {s['recall']:.3f} "
-                    f"(false hits {s['fp']}/{s['negatives']})"
-                )
-            lines.append(f"  {name} t={threshold:.3f} ({label}): " + "; ".join(parts))
     held = splits["test"] + splits["holdout"]
-    s = _scores(held, default, True)
+    for embedder, key in (("minilm", "sim"), ("static", "static")):
+        default = DEFAULT_THRESHOLDS[embedder]
+        lines.append(f" embedder {embedder} ({static.id if key == 'static' else 'MiniLM'}):")
+        for guarded in (False, True):
+            name = "cosine + guard" if guarded else "cosine only   "
+            chosen = _choose(splits["tune"], guarded, key)
+            for label, threshold in (("chosen on tune", chosen), ("the default", default)):
+                lines.append(
+                    f"  {name} t={threshold:.3f} ({label}): "
+                    + _line(splits, threshold, guarded, key)
+                )
+        for split, part in (("held-out (test+holdout)", held), *splits.items()):
+            if split == "tune":
+                continue
+            s = _scores(part, default, True, key)
+            lines.append(
+                f"  {split} at the default {default:.3f} with the guard: precision "
+                f"{s['precision']:.3f}, recall {s['recall']:.3f} ({s['tp']}/{s['positives']} "
+                f"hits, {s['fp']} false hits of {s['negatives']} near-misses)"
+            )
+    # The MiniLM path's prefilter: the static similarity below which a lookup skips the
+    # MiniLM pass. Chosen on tune: the lowest static similarity of a pair MiniLM + guard
+    # calls a hit there, rounded down to 0.05; what it costs is measured on held-out pairs.
+    default = DEFAULT_THRESHOLDS["minilm"]
+    hits = [r["static"] for r in splits["tune"] if r["sim"] >= default and r["guard"]]
+    suggested = math.floor(min(hits) * 20) / 20
+    floor = settings.TOKENFLOW_CACHE_PREFILTER
     lines.append(
-        f"  held-out (test+holdout) at the default {default:.3f} with the guard: precision "
-        f"{s['precision']:.3f}, recall {s['recall']:.3f} ({s['tp']}/{s['positives']} hits, "
-        f"{s['fp']} false hits of {s['negatives']} near-misses)"
+        f" minilm + static prefilter: lowest static similarity of a tune-split MiniLM hit "
+        f"{min(hits):.3f} -> prefilter {suggested:.2f} (TOKENFLOW_CACHE_PREFILTER={floor:.2f})"
     )
-    for r in sorted(held, key=lambda r: -r["sim"]):
-        if not r["hit"] and r["sim"] >= default and r["guard"]:
-            lines.append(f"    false hit {r['sim']:.3f}: {r['a']!r} ~ {r['b']!r}")
-    for split in ("test", "holdout"):
-        s = _scores(splits[split], default, True)
-        lines.append(
-            f"  {split} at the default with the guard: precision {s['precision']:.3f}, recall "
-            f"{s['recall']:.3f}"
-        )
+    lines.append(
+        f"  minilm + guard + prefilter {floor:.2f} at t={default:.3f}: "
+        + _line(splits, default, True, "sim", floor)
+    )
+    lost = [r for r in held if r["sim"] >= default and r["guard"] and r["static"] < floor]
+    s = _scores(held, default, True, "sim", floor)
+    lines.append(
+        f"  held-out: precision {s['precision']:.3f}, recall {s['recall']:.3f}; MiniLM hits "
+        f"the prefilter drops: {len(lost)}"
+    )
+    fast = DEFAULT_THRESHOLDS["static"]
+    lines.append(
+        f" minilm + prefilter + static fast path (static >= {fast:.3f} and the guard: served "
+        f"without MiniLM): " + _line(splits, default, True, "sim", floor, fast)
+    )
+    s = _scores(held, default, True, "sim", floor, fast)
+    quick = sum(r["hit"] and r["guard"] and r["static"] >= fast for r in held)
+    lines.append(
+        f"  held-out: precision {s['precision']:.3f}, recall {s['recall']:.3f} "
+        f"({s['tp']}/{s['positives']} hits, {quick} of them by the fast path; {s['fp']} false "
+        f"hits of {s['negatives']} near-misses)"
+    )
 
 
 # --- latency ------------------------------------------------------------------------------
@@ -144,10 +207,15 @@ async def one(client: httpx.AsyncClient, url: str, key: str, body: dict) -> tupl
     return ttft * 1000, (time.perf_counter() - started) * 1000, cache
 
 
-async def measure(rounds: int, url: str, key: str, model: str, gap: float) -> dict[str, list]:
+async def measure(rounds: int, targets: dict[str, tuple[str, str]], model: str, gap: float):
+    """Per target (embedder -> (url, key)), per kind: (TTFT, total) of each round; the
+    rounds interleave every kind on every target."""
     base = {"model": model, "max_tokens": 64}
     stored = "What is the capital of France?"
+    # A paraphrase MiniLM hits (0.957) and the static model does not (0.904), and one
+    # both hit at their defaults (static 0.967, MiniLM 0.976: the static fast path).
     paraphrase = "What's the capital city of France?"
+    close = "So, what is the capital of France?"
     prompts = miss_prompts()
     kinds = {
         "off": lambda i: {**base, "prompt": stored, "temperature": 0, "cache": False},
@@ -159,87 +227,120 @@ async def measure(rounds: int, url: str, key: str, model: str, gap: float) -> di
         },
         "exact hit": lambda i: {**base, "prompt": stored, "temperature": 0},
         "semantic hit": lambda i: {**base, "prompt": paraphrase, "temperature": 0},
+        "semantic, close": lambda i: {**base, "prompt": close, "temperature": 0},
         "uncacheable": lambda i: {**base, "prompt": stored, "temperature": 0.7},
     }
     expected = {"off": "-", "miss": "miss", "exact hit": "exact", "semantic hit": "semantic"}
     expected["miss, guarded"] = "miss"
+    expected["semantic, close"] = "semantic"
     expected["uncacheable"] = "-"
-    results: dict[str, list] = {name: [] for name in kinds}
+    results = {target: {name: [] for name in kinds} for target in targets}
     async with httpx.AsyncClient(timeout=120) as client:
-        await one(client, url, key, kinds["exact hit"](0))  # stores the answer ...
-        for _ in range(300):  # ... in a task after the response: wait until it is there
-            if (await one(client, url, key, kinds["exact hit"](0)))[2] == "exact":
-                break
-            await asyncio.sleep(0.1)
-        for i in range(5):  # warm-up: MiniLM, connections, the index
-            for name, make in kinds.items():
-                if not name.startswith("miss"):
+        for target, (url, key) in targets.items():
+            await one(client, url, key, kinds["exact hit"](0))  # stores the answer ...
+            for _ in range(300):  # ... in a task after the response: wait until it is there
+                if (await one(client, url, key, kinds["exact hit"](0)))[2] == "exact":
+                    break
+                await asyncio.sleep(0.1)
+            for i in range(5):  # warm-up: the embedders, connections, the index
+                for name, make in kinds.items():
+                    if name.startswith("miss") or (name == "semantic hit" and target == "static"):
+                        continue
                     await one(client, url, key, make(i))
         for i in range(rounds):
             for name, make in kinds.items():
-                # Let the previous request's background store (its embedding) finish: each
-                # request is measured on an otherwise idle server.
-                await asyncio.sleep(gap)
-                ttft, total, cache = await one(client, url, key, make(i))
-                if name == "miss" and cache != "miss":  # a prompt close to an earlier one
-                    results.setdefault("(miss prompt that hit)", []).append((ttft, total))
-                    continue
-                assert cache == expected[name], (name, cache)
-                results[name].append((ttft, total))
+                for target, (url, key) in targets.items():
+                    # Let the previous request's background store (its embedding) finish:
+                    # each request is measured on an otherwise idle server.
+                    await asyncio.sleep(gap)
+                    ttft, total, cache = await one(client, url, key, make(i))
+                    if name == "semantic hit" and target == "static":
+                        continue  # below the static model's threshold: a miss there
+                    if name == "miss" and cache != "miss":  # a prompt close to an earlier one
+                        results[target].setdefault("(miss prompt that hit)", []).append(
+                            (ttft, total)
+                        )
+                        continue
+                    assert cache == expected[name], (target, name, cache)
+                    results[target][name].append((ttft, total))
     return results
 
 
 def latency(args, lines: list[str]) -> None:
-    # The seeded tiktoken files (`make prepare`) live in the checkout's model directory.
-    # One torch thread: on a shared 2-core box a 2-thread MiniLM pass of a short prompt
-    # takes ~450 ms p50 under load (OpenMP threads wait on descheduled ones), 1 thread ~50 ms.
-    gateway = Gateway(
-        TOKENFLOW_MODEL_DIR=os.environ.get("TOKENFLOW_MODEL_DIR", str(MODELS)),
-        TOKENFLOW_CLASSIFIER_THREADS=str(args.torch_threads),
-    )
-    gateway.prepare = gateway.shell(
-        "from tokenflow_site.assets import prepare_tiktoken; prepare_tiktoken()"
-    )
-    gateway.port = args.port
-    gateway.url = f"http://127.0.0.1:{args.port}"
+    # The seeded tiktoken files and the static model (`make prepare`) live in the
+    # checkout's model directory. One torch thread: on a shared 2-core box a 2-thread
+    # MiniLM pass of a short prompt takes ~450 ms p50 under load (OpenMP threads wait on
+    # descheduled ones), 1 thread ~50 ms.
+    embedders = args.embedders.split(",")
+    gateways = {}
+    targets = {}
     try:
-        gateway.manage("migrate", "--noinput")
-        gateway.shell(
-            "from routing.models import ModelRanking; ModelRanking.objects.create("
-            "name='bench/mock', provider='mock', upstream_model='echo', "
-            "options={'response': 'Paris is the capital of France, on the Seine.'})"
-        )
-        key = gateway.api_key()
-        gateway.start()
-        results = asyncio.run(
-            measure(args.rounds, f"{gateway.url}/api/generate", key, "bench/mock", args.gap)
-        )
+        for offset, embedder in enumerate(embedders):
+            gateway = Gateway(
+                TOKENFLOW_MODEL_DIR=os.environ.get("TOKENFLOW_MODEL_DIR", str(MODELS)),
+                TOKENFLOW_CLASSIFIER_THREADS=str(args.torch_threads),
+                # "minilm-torch": MiniLM without the ONNX Runtime export, as before it.
+                TOKENFLOW_CACHE_EMBEDDER=embedder.removesuffix("-torch"),
+                TOKENFLOW_CACHE_ONNX="0" if embedder.endswith("-torch") else "1",
+            )
+            gateways[embedder] = gateway
+            gateway.port = args.port + offset
+            gateway.url = f"http://127.0.0.1:{gateway.port}"
+            gateway.manage("migrate", "--noinput")
+            gateway.shell(
+                "from routing.models import ModelRanking; ModelRanking.objects.create("
+                "name='bench/mock', provider='mock', upstream_model='echo', "
+                "options={'response': 'Paris is the capital of France, on the Seine.'})"
+            )
+            targets[embedder] = (f"{gateway.url}/api/generate", gateway.api_key())
+            gateway.start()
+        results = asyncio.run(measure(args.rounds, targets, "bench/mock", args.gap))
     finally:
-        gateway.stop()
+        for gateway in gateways.values():
+            gateway.stop()
     lines.append(
-        f"latency: {args.rounds} interleaved rounds through daphne (SQLite, mock model with "
-        f"zero latency), SSE /api/generate, TOKENFLOW_CLASSIFIER_THREADS={args.torch_threads}, "
-        f"{args.gap * 1000:.0f} ms between requests"
+        f"latency: {args.rounds} interleaved rounds through daphne, one server per embedder "
+        f"({', '.join(embedders)}; SQLite, mock model with zero latency), SSE /api/generate, "
+        f"TOKENFLOW_CLASSIFIER_THREADS={args.torch_threads}, {args.gap * 1000:.0f} ms between "
+        "requests; every kind and server interleaved in each round"
     )
-    for metric, index in (("TTFT ms", 0), ("total ms", 1)):
-        for name, values in results.items():
-            lines.append(f"  {metric:8s} {name:14s}: {summary([v[index] for v in values])}")
-    ttft = {name: [v[0] for v in values] for name, values in results.items()}
-    total = {name: [v[1] for v in values] for name, values in results.items()}
-    off = pct(ttft["off"], 50)
-    for name in ("exact hit", "semantic hit", "miss", "miss, guarded", "uncacheable"):
-        added = pct(ttft[name], 50) - off
-        added_total = pct(total[name], 50) - pct(total["off"], 50)
-        lines.append(
-            f"  p50 vs cache off: {name:14s} TTFT {added:+7.2f} ms "
-            f"(ratio {pct(ttft[name], 50) / off:4.2f}x), total {added_total:+7.2f} ms"
+    for embedder, per_kind in results.items():
+        lines.append(f" TOKENFLOW_CACHE_EMBEDDER={embedder}:")
+        for metric, index in (("TTFT ms", 0), ("total ms", 1)):
+            for name, values in per_kind.items():
+                if values:
+                    lines.append(f"  {metric:8s} {name:14s}: {summary([v[index] for v in values])}")
+        ttft = {name: [v[0] for v in values] for name, values in per_kind.items()}
+        total = {name: [v[1] for v in values] for name, values in per_kind.items()}
+        off = pct(ttft["off"], 50)
+        kinds_reported = (
+            "exact hit",
+            "semantic hit",
+            "semantic, close",
+            "miss",
+            "miss, guarded",
+            "uncacheable",
         )
+        for name in kinds_reported:
+            if not ttft.get(name):
+                continue
+            added = pct(ttft[name], 50) - off
+            added_total = pct(total[name], 50) - pct(total["off"], 50)
+            lines.append(
+                f"  p50 vs cache off: {name:14s} TTFT {added:+7.2f} ms "
+                f"(ratio {pct(ttft[name], 50) / off:4.2f}x), total {added_total:+7.2f} ms"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--port", type=int, default=18400)
+    parser.add_argument("--port", type=int, default=18400, help="first port (one per embedder)")
+    parser.add_argument(
+        "--embedders",
+        default="minilm,static,minilm-torch",
+        help="comma-separated; minilm-torch: MiniLM on torch (TOKENFLOW_CACHE_ONNX=0)",
+    )
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--gap", type=float, default=0.1, help="seconds between requests")
     parser.add_argument("--skip-quality", action="store_true")

@@ -15,7 +15,8 @@ class CacheEntryQuerySet(models.QuerySet):
 class CacheEntry(models.Model):
     """One completed answer, found again by its exact request hash (`exact_key`) or, within
     its `scope_key` (model, parameters, options, earlier messages), by the similarity of its
-    last user message's MiniLM `embedding`. Entries belong to the API key that made them."""
+    last user message's `embedding` (by `embedder`). Entries belong to the API key that
+    made them."""
 
     exact_key = models.CharField(max_length=64)
     scope_key = models.CharField(max_length=64)
@@ -32,7 +33,14 @@ class CacheEntry(models.Model):
     model_name = models.CharField(max_length=200)
     query_text = models.TextField(blank=True, help_text="The last user message (semantic).")
     embedding = models.BinaryField(
-        null=True, blank=True, help_text="float32 MiniLM vector of query_text."
+        null=True, blank=True, help_text="float32 vector of query_text, by `embedder`."
+    )
+    embedder = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="The embedder of `embedding` (name/model/dimensions): only vectors of the "
+        "configured embedder are compared.",
     )
     response_text = models.TextField()
     finish_reason = models.CharField(max_length=32, default="stop")

@@ -3,13 +3,16 @@
 routing.services.generation calls it at one place for every transport:
 `cache_plan` (from the validated request, no I/O) -> `cache_probe` (in the same database
 hop as the Generation insert: the exact lookup, the semantic index refresh and the lexical
-guard against the scope's entries) -> `cache_resolve` (after an exact miss, if some entry
-of the scope passes the guard: the MiniLM embedding of the last user message, in a worker
-thread, and the semantic search) -> on a completed miss, `cache_store_later`: a task of its
-own, after the end event, embeds (unless the lookup already did: never twice) and stores.
+guard against the scope's entries; with a fast embedder (static: ~25 us; MiniLM on ONNX
+Runtime: ~3 ms) the whole semantic lookup when a hit is plausible) -> `cache_resolve`
+(MiniLM on torch only: after an exact miss, if some entry of the scope passes the guard
+and the static prefilter, the MiniLM embedding of the last user message, in a worker
+thread, and the semantic search)
+-> on a completed miss, `cache_store_later`: a task of its own, after the end event,
+embeds (unless the lookup already did: never twice) and stores.
 
-So an exact hit never embeds, a miss waits for the embedding only when a semantic hit is
-possible, and storing never delays a response.
+So an exact hit never embeds, a miss waits for a MiniLM pass only when a semantic hit is
+plausible, and storing never delays a response. Which embedder: response_cache.embedders.
 """
 
 import asyncio
@@ -29,6 +32,12 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from response_cache.embedders import (
+    DEFAULT_THRESHOLDS,
+    default_threshold,
+    get_embedder,
+    prefilter_embedder,
+)
 from response_cache.guard import Features, features
 from response_cache.index import semantic_index
 from response_cache.models import CacheEntry
@@ -59,6 +68,9 @@ class CachePlan:
     compress: dict[str, Any] | None
     query_text: str | None  # the last user message, compared semantically
     vector_task: asyncio.Future | None = None
+    embedder: Any = None  # response_cache.embedders: whose vectors the lookup compares
+    embedded: bool = False  # `query_vector` is the query's vector (maybe None)
+    query_vector: np.ndarray | None = None
     exact_key: str = ""
     scope_key: str = ""
     threshold: float = 0.0
@@ -82,7 +94,13 @@ class CachePlan:
             "compress": self.compress,
         }
 
+    @property
+    def index_key(self) -> tuple[str, str]:
+        return (self.embedder.id, self.scope_key)
+
     async def vector(self) -> np.ndarray | None:
+        if self.embedded:
+            return self.query_vector
         if self.vector_task is None:
             return None
         try:
@@ -122,27 +140,39 @@ def cache_plan(
     )
 
 
-def query_vector(text: str) -> np.ndarray | None:
-    """The MiniLM vector of `text` (the process's one loaded copy, batched with concurrent
-    classifications), or None when the text is longer than MiniLM's 256-token window: two
-    long texts that differ only past it would look identical."""
-    from routing.classifiers import minilm
-    from routing.classifiers.embedding import MAX_TOKENS
-
-    model = minilm()
-    # A WordPiece token covers at least one character: short texts need no count.
-    if len(text) > MAX_TOKENS - 2 and model.token_count(text) > MAX_TOKENS:
-        return None
-    return np.asarray(model.embed_prompt(text), dtype=np.float32)
+def query_vector(text: str, embedder=None) -> np.ndarray | None:
+    """The vector of `text` by `embedder` (the configured one), or None (see its `embed`)."""
+    return (embedder or get_embedder()).embed(text)
 
 
-def cache_start(plan: CachePlan) -> None:
-    """Start embedding the query in a worker thread (awaited for a semantic lookup, or
-    when the answer is stored)."""
-    if plan.query_text is not None and plan.vector_task is None:
+def cache_start(plan: CachePlan, *, inline: bool = False) -> None:
+    """Start embedding the query: `inline` (cache_probe, in the request's sync thread, with
+    a fast embedder: static, or MiniLM on ONNX Runtime), else in a worker thread, never on
+    the event loop (awaited for a semantic lookup, or when the answer is stored)."""
+    if plan.query_text is None or plan.embedder is None or plan.embedded:
+        return
+    if inline:
+        plan.query_vector, plan.embedded = query_vector(plan.query_text, plan.embedder), True
+    elif plan.vector_task is None:
         plan.vector_task = asyncio.ensure_future(
-            sync_to_async(query_vector, thread_sensitive=False)(plan.query_text)
+            sync_to_async(query_vector, thread_sensitive=False)(plan.query_text, plan.embedder)
         )
+
+
+_embedder_failed = False
+
+
+def _embedder():
+    """The configured embedder, or None (logged once) when it cannot load: the cache then
+    serves exact hits only, rather than failing requests."""
+    global _embedder_failed
+    try:
+        return get_embedder()
+    except Exception:  # noqa: BLE001
+        if not _embedder_failed:
+            _embedder_failed = True
+            logger.exception("Response cache: embedder unavailable; semantic cache off")
+        return None
 
 
 def cache_probe(plan: CachePlan, generation: Generation) -> None:
@@ -155,7 +185,7 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
     plan.threshold = (
         model.cache_similarity_threshold
         if model.cache_similarity_threshold is not None
-        else settings.TOKENFLOW_CACHE_SIMILARITY
+        else default_threshold()
     )
     plan.exact_key = _digest(plan.material(model, plan.messages))
     plan.scope_key = _digest(plan.material(model, plan.messages[:-1]))
@@ -164,12 +194,32 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
     entry = _exact_lookup(plan)
     if entry is not None:
         _hit(plan, generation, entry, CacheResult.EXACT, None)
-    elif plan.query_text is not None:
-        semantic_index.refresh(plan.scope_key)
+    elif plan.query_text is not None and (embedder := _embedder()) is not None:
+        plan.embedder = embedder
+        prefilter = prefilter_embedder() if embedder.name == "minilm" else None
+        semantic_index.refresh(plan.index_key, embedder.dimensions, prefilter)
         plan.guard = features(plan.query_text) if settings.TOKENFLOW_CACHE_GUARD else None
+        rough = prefilter.embed(plan.query_text) if prefilter is not None else None
         plan.maybe_semantic = semantic_index.may_match(
-            plan.scope_key, api_key_id=plan.api_key_id, shared=plan.shared, guard=plan.guard
+            plan.index_key,
+            api_key_id=plan.api_key_id,
+            shared=plan.shared,
+            guard=plan.guard,
+            rough=rough,
+            rough_threshold=settings.TOKENFLOW_CACHE_PREFILTER,
         )
+        if plan.maybe_semantic and rough is not None and plan.guard is not None:
+            # An entry the static model alone calls a hit at its own (stricter) threshold
+            # and that passes the guard (a near-verbatim repeat) is served now, without
+            # MiniLM. Without the guard, static cosine is far from precise.
+            threshold = max(plan.threshold, DEFAULT_THRESHOLDS["static"])
+            _semantic_fetch(plan, generation, _search(plan, rough, threshold, rough=True))
+        if plan.maybe_semantic and plan.entry is None and embedder.fast:
+            # A fast embedder (static, or MiniLM on ONNX Runtime) runs here, in this
+            # database hop (the request's own sync thread): no worker thread, no second hop.
+            cache_start(plan, inline=True)
+            if plan.query_vector is not None:
+                _semantic_fetch(plan, generation, _search(plan, plan.query_vector))
 
 
 ENTRY_SQL = (
@@ -230,27 +280,34 @@ async def cache_resolve(plan: CachePlan, generation: Generation) -> None:
     the model shares its cache) at or above the threshold that passes the guard."""
     if plan.entry is not None or plan.query_text is None or not plan.maybe_semantic:
         return  # without a candidate, the vector is made once the first token is out
+    if plan.embedded:
+        return  # a fast embedder: cache_probe already looked
     cache_start(plan)
     vector = await plan.vector()
     if vector is None:
         return
-    candidates = semantic_index.search(
-        plan.scope_key,
+    candidates = _search(plan, vector)
+    if candidates:
+        await sync_to_async(_semantic_fetch)(plan, generation, candidates)
+
+
+def _search(plan: CachePlan, vector: np.ndarray, threshold: float | None = None, rough=False):
+    return semantic_index.search(
+        plan.index_key,
         vector,
-        threshold=plan.threshold,
+        threshold=plan.threshold if threshold is None else threshold,
         api_key_id=plan.api_key_id,
         shared=plan.shared,
         guard=plan.guard,
+        rough=rough,
     )
-    if candidates:
-        await sync_to_async(_semantic_fetch)(plan, generation, candidates)
 
 
 def _semantic_fetch(plan: CachePlan, generation: Generation, candidates) -> None:
     for candidate in candidates:
         entry = _entry_lookup(plan, "id", candidate.entry_id)
         if entry is None:  # purged or expired since the index saw it
-            semantic_index.drop(plan.scope_key, candidate.entry_id)
+            semantic_index.drop(plan.index_key, candidate.entry_id)
             continue
         _hit(plan, generation, entry, CacheResult.SEMANTIC, candidate.similarity)
         return
@@ -351,6 +408,7 @@ def cache_store(generation: Generation, plan: CachePlan, vector: np.ndarray | No
         model_name=plan.model.name,
         query_text=plan.query_text or "",
         embedding=vector.astype(np.float32).tobytes() if vector is not None else None,
+        embedder=plan.embedder.id if vector is not None else "",
         response_text=generation.output_text,
         finish_reason=generation.finish_reason,
         prompt_tokens=generation.prompt_tokens or 0,

@@ -9,9 +9,11 @@ from tokenflow_site import assets
 def test_prepare_models_twice_reuses_the_cache(capsys):
     call_command("prepare_models")
     call_command("prepare_models")
-    out = capsys.readouterr().out.splitlines()[-3:]
+    out = capsys.readouterr().out.splitlines()[-5:]
     assert any(line.startswith("smollm2: ok (cached)") for line in out)
     assert any(line.startswith("tiktoken: ok (cached)") for line in out)
+    assert any(line.startswith("minilm-static: ok (cached)") for line in out)
+    assert any(line.startswith("minilm-onnx: ok (cached)") for line in out)
 
 
 def test_manifest_detects_truncated_and_corrupt_files(tmp_path):

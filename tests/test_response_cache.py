@@ -1,6 +1,7 @@
 """The response cache (exact and semantic) on every transport: hits, misses, scoping,
 expiry, opting out, bad input, the admin purge and another process's entries."""
 
+import asyncio
 import json
 import os
 import time
@@ -294,7 +295,9 @@ async def test_failed_and_tool_call_answers_are_not_stored(keys, transactional_d
 # --- semantic -----------------------------------------------------------------------------
 
 
-async def test_semantic_hit_on_a_paraphrase_and_miss_on_a_near_miss(keys, model):
+@pytest.mark.parametrize("onnx", [True, False], ids=["onnxruntime", "torch"])
+async def test_semantic_hit_on_a_paraphrase_and_miss_on_a_near_miss(keys, model, settings, onnx):
+    settings.TOKENFLOW_CACHE_ONNX = onnx
     await ask(keys[0], model)
     response, events = await ask(keys[0], model, PARAPHRASE)
     assert response["x-tokenflow-cache"] == "semantic"
@@ -460,13 +463,20 @@ def sync_to_async_run(function, *args):
 
 async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, model, monkeypatch):
     from response_cache import services
+    from response_cache.embedders import MiniLMEmbedder
 
     embedded: list[str] = []
+    on_loop: list[bool] = []
     real = services.query_vector
 
-    def counting(text):
+    def counting(text, embedder=None):
         embedded.append(text)
-        return real(text)
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(text, embedder)
 
     monkeypatch.setattr(services, "query_vector", counting)
     await ask(keys[0], model)  # miss: embedded once, for the lookup and the stored entry
@@ -475,6 +485,132 @@ async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, 
     assert embedded == [QUESTION]  # exact hit: no embedding
     entry = await CacheEntry.objects.aget()
     assert entry.embedding is not None and len(entry.embedding) == 384 * 4
+    assert entry.embedder == MiniLMEmbedder.id
+    assert on_loop == [False]  # the store's embedding never blocks the event loop
+
+
+# --- embedders ----------------------------------------------------------------------------
+
+STATIC_PARAPHRASE = "So, what is the capital of France?"  # static 0.967, MiniLM 0.976
+
+
+async def test_static_embedder_serves_semantic_hits_without_minilm(
+    keys, model, settings, monkeypatch
+):
+    from routing.classifiers import minilm
+
+    settings.TOKENFLOW_CACHE_EMBEDDER = "static"
+
+    def no_minilm(*args, **kwargs):
+        raise AssertionError("the static path ran MiniLM")
+
+    monkeypatch.setattr(type(minilm()), "embed_prompt", no_minilm)
+    await ask(keys[0], model)
+    entry = await CacheEntry.objects.aget()
+    assert entry.embedder.startswith("static/") and entry.embedder.endswith("/256")
+    assert len(entry.embedding) == 256 * 4
+    response, events = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"
+    assert events[0][1]["cache_similarity"] >= 0.965
+    assert text_of(events) == "Paris is the capital."
+    response, _ = await ask(keys[0], model, NEAR_MISS)
+    assert response["x-tokenflow-cache"] == "miss"  # the guard
+    # The static model is less precise: its default threshold is higher than MiniLM's.
+    response, _ = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "miss"
+    assert mock_calls(model.name) == 3
+
+
+async def test_switching_embedder_never_compares_another_embedders_vectors(keys, model, settings):
+    await ask(keys[0], model)  # stored with a MiniLM vector
+    settings.TOKENFLOW_CACHE_EMBEDDER = "static"
+    response, _ = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "miss"  # the MiniLM entry is not a candidate
+    response, _ = await ask(keys[0], model)
+    assert response["x-tokenflow-cache"] == "exact"  # exact keys do not depend on it
+    response, _ = await ask(keys[0], model, "So, what is the capital of France ?")
+    assert response["x-tokenflow-cache"] == "semantic"  # the static entry just stored
+    settings.TOKENFLOW_CACHE_EMBEDDER = "minilm"
+    response, events = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"
+    entries = {e.pk: e async for e in CacheEntry.objects.all()}
+    assert entries[events[0][1]["cache_entry_id"]].query_text == QUESTION
+
+
+@pytest.mark.parametrize("floor, searched", [(0.55, 0), (0.0, 1)])
+async def test_static_prefilter_spares_the_minilm_lookup(
+    keys, model, settings, monkeypatch, floor, searched
+):
+    from response_cache import services
+
+    settings.TOKENFLOW_CACHE_PREFILTER = floor
+    searches: list[str] = []
+    real = services._search
+
+    def counting(plan, vector, threshold=None, rough=False):
+        if not rough:  # a search by the MiniLM vector
+            searches.append(plan.query_text)
+        return real(plan, vector, threshold, rough)
+
+    monkeypatch.setattr(services, "_search", counting)
+    await ask(keys[0], model)
+    # Passes the guard (France, no number or negation) but is nothing like the entry.
+    response, _ = await ask(keys[0], model, "Why do people visit France in summer?")
+    assert response["x-tokenflow-cache"] == "miss"
+    assert len(searches) == searched
+    response, _ = await ask(keys[0], model, PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"  # a real candidate still is searched
+
+
+async def test_minilm_path_serves_a_near_verbatim_repeat_without_minilm(keys, model, monkeypatch):
+    from routing.classifiers import minilm
+
+    await ask(keys[0], model)  # stored with its MiniLM vector
+
+    def no_minilm(*args, **kwargs):
+        raise AssertionError("MiniLM ran for a near-verbatim repeat")
+
+    monkeypatch.setattr(type(minilm()), "embed_prompt", no_minilm)
+    monkeypatch.setattr("response_cache.services.cache_store_later", lambda *args: None)
+    response, events = await ask(keys[0], model, STATIC_PARAPHRASE)
+    assert response["x-tokenflow-cache"] == "semantic"  # the static model alone: >= 0.965
+    assert events[0][1]["cache_similarity"] >= 0.965
+    assert text_of(events) == "Paris is the capital."
+
+
+def test_minilm_on_onnxruntime_and_on_torch_give_the_same_vectors(settings):
+    import numpy as np
+
+    from response_cache.embedders import get_embedder
+
+    minilm = get_embedder("minilm")
+    texts = [QUESTION, PARAPHRASE, "Explain recursion to a child, with an example. " * 8]
+    settings.TOKENFLOW_CACHE_ONNX = True
+    assert minilm.fast  # the export is prepared: lookups run it inline
+    onnx = [minilm.embed(t) for t in texts]
+    settings.TOKENFLOW_CACHE_ONNX = False
+    assert not minilm.fast
+    torch = [minilm.embed(t) for t in texts]
+    for a, b in zip(onnx, torch, strict=True):
+        assert a.shape == (384,) and float(a @ b) > 0.99999
+    too_long = "word " * 300  # past MiniLM's 256-token window: not embedded by either
+    assert minilm.embed(too_long) is None
+    settings.TOKENFLOW_CACHE_ONNX = True
+    assert minilm.embed(too_long) is None
+    assert np.isclose(float(np.linalg.norm(onnx[0])), 1.0, atol=1e-5)
+
+
+def test_static_embedder_vectors():
+    import numpy as np
+
+    from response_cache.embedders import get_embedder
+
+    static = get_embedder("static")
+    a, b = static.embed(QUESTION), static.embed(NEAR_MISS)
+    assert a.shape == (256,) and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    assert 0.5 < float(a @ b) < 1
+    assert static.embed("") is None
+    assert static.embed_many([QUESTION, ""]).shape == (2, 256)
 
 
 def test_model_admin_edits_the_cache_settings(staff_client):

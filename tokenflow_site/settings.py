@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -402,10 +403,26 @@ TOKENFLOW_DEFAULT_MODEL = os.environ.get("TOKENFLOW_DEFAULT_MODEL", "local/smoll
 TOKENFLOW_CACHE = env_bool("TOKENFLOW_CACHE", True)
 # Seconds a stored answer is served.
 TOKENFLOW_CACHE_TTL = max(1, int(os.environ.get("TOKENFLOW_CACHE_TTL", 86_400)))
-# Semantic hits: MiniLM similarity of the last user message (same model, parameters and
+# Semantic hits: embedding similarity of the last user message (same model, parameters and
 # earlier messages); per-model override ModelRanking.cache_similarity_threshold.
 TOKENFLOW_CACHE_SEMANTIC = env_bool("TOKENFLOW_CACHE_SEMANTIC", True)
-TOKENFLOW_CACHE_SIMILARITY = float(os.environ.get("TOKENFLOW_CACHE_SIMILARITY", 0.89))
+# minilm: all-MiniLM-L6-v2 (precise, a forward pass); static: the model distilled from it by
+# `prepare_models` (a lookup, ~25 us, less precise). response_cache/embedders.py.
+TOKENFLOW_CACHE_EMBEDDER = os.environ.get("TOKENFLOW_CACHE_EMBEDDER", "minilm")
+if TOKENFLOW_CACHE_EMBEDDER not in ("minilm", "static"):
+    raise ImproperlyConfigured("TOKENFLOW_CACHE_EMBEDDER must be 'minilm' or 'static'.")
+# Unset: the embedder's own default (minilm 0.89, static 0.965; chosen on the tune split).
+TOKENFLOW_CACHE_SIMILARITY = (
+    float(os.environ["TOKENFLOW_CACHE_SIMILARITY"])
+    if os.environ.get("TOKENFLOW_CACHE_SIMILARITY")
+    else None
+)
+# MiniLM by ONNX Runtime when `prepare_models` exported it (~3 ms a lookup, inline), else
+# by torch (~8-11 ms, in a worker thread). Same vectors either way.
+TOKENFLOW_CACHE_ONNX = env_bool("TOKENFLOW_CACHE_ONNX", True)
+# MiniLM path: the static similarity a stored entry needs before a lookup pays a MiniLM
+# pass for it (0 = no prefilter); chosen on the tune split (bench/cache.py).
+TOKENFLOW_CACHE_PREFILTER = float(os.environ.get("TOKENFLOW_CACHE_PREFILTER", 0.55))
 # Semantic hits also need the same numbers, capitalised names and negation.
 TOKENFLOW_CACHE_GUARD = env_bool("TOKENFLOW_CACHE_GUARD", True)
 
