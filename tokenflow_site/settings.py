@@ -437,6 +437,9 @@ TOKENFLOW_PROCESS_MAX_MESSAGE_CHARS = int(
 # A run still "running" this long after its pipeline deadline is considered abandoned
 # (its process died) and the same message_id may run again.
 TOKENFLOW_PROCESS_STALE_GRACE = float(os.environ.get("TOKENFLOW_PROCESS_STALE_GRACE", 60))
+# The sweeper re-adapts the router to recent traffic this often (routing.services.adaptation,
+# `adapt_router`); 0 = only when staff run it.
+TOKENFLOW_ROUTER_ADAPT_SECONDS = float(os.environ.get("TOKENFLOW_ROUTER_ADAPT_SECONDS", 86400))
 # How often a process re-reads the API keys it admits on the event loop (accounts.selectors);
 # 0 = never (a key is then looked up in a thread once its 1 s cache entry expires).
 TOKENFLOW_KEY_REFRESH_SECONDS = float(os.environ.get("TOKENFLOW_KEY_REFRESH_SECONDS", 0.5))

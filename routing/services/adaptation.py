@@ -24,7 +24,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from routing.classifiers import get_classifier
 from routing.classifiers.base import Category
@@ -251,3 +253,26 @@ def _report(labels, texts, before, after, members) -> dict:
         report["corrected_accuracy_zero_shot"] = float((before[index] == truth).mean())
         report["corrected_accuracy_adapted"] = float((after[index] == truth).mean())
     return report
+
+
+def router_adapt_due(now=None) -> list[RouterAdaptation]:
+    """`router_adapt` when the last adaptation (or attempt) is TOKENFLOW_ROUTER_ADAPT_SECONDS
+    old: the sweeper (`sweep_generations --every`, run by `make serve`) keeps the router
+    adapted to recent traffic with nobody running `adapt_router`. Not enough traffic yet:
+    nothing stored, tried again after that interval. 0 = never."""
+    every = settings.TOKENFLOW_ROUTER_ADAPT_SECONDS
+    if every <= 0:
+        return []
+    now = now or timezone.now()
+    last = RouterAdaptation.objects.order_by("-created_at").values_list("created_at", flat=True)
+    latest = max(filter(None, [last.first(), _adapt_tried.get("at")]), default=None)
+    if latest is not None and (now - latest).total_seconds() < every:
+        return []
+    _adapt_tried["at"] = now
+    try:
+        return router_adapt()
+    except ApiError:  # not enough traffic (or a classifier that cannot be adapted)
+        return []
+
+
+_adapt_tried: dict = {}  # this process's last attempt (the sweeper loop)

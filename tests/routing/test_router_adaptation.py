@@ -233,3 +233,34 @@ def test_an_adaptation_reaches_another_process_without_a_restart(minilm):
         except subprocess.TimeoutExpired:
             child.kill()
         assert child.returncode == 0, child.stderr.read()
+
+
+@pytest.mark.django_db
+def test_the_sweeper_re_adapts_when_due_and_not_more_often(monkeypatch, settings):
+    """router_adapt_due (sweep_generations --every): runs router_adapt once the last
+    adaptation or attempt is TOKENFLOW_ROUTER_ADAPT_SECONDS old; too little traffic is
+    tried again only after that interval; 0 turns it off."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from routing.services import adaptation
+    from tokenflow_site.errors import ApiError
+
+    calls = []
+
+    def adapt(**kwargs):
+        calls.append(1)
+        raise ApiError("not enough traffic", code="not_enough_traffic", status=400)
+
+    monkeypatch.setattr(adaptation, "router_adapt", adapt)
+    monkeypatch.setattr(adaptation, "_adapt_tried", {})
+    settings.TOKENFLOW_ROUTER_ADAPT_SECONDS = 3600
+    now = timezone.now()
+    assert adaptation.router_adapt_due(now) == [] and calls == [1]  # never adapted: due
+    assert adaptation.router_adapt_due(now + timedelta(minutes=30)) == [] and calls == [1]
+    adaptation.router_adapt_due(now + timedelta(minutes=61))
+    assert calls == [1, 1]
+    settings.TOKENFLOW_ROUTER_ADAPT_SECONDS = 0
+    adaptation.router_adapt_due(now + timedelta(days=2))
+    assert calls == [1, 1]

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from rollups.services import rollup_pending
+from routing.services.adaptation import router_adapt_due
 from routing.services.sweep import generation_sweep_stale
 
 
@@ -42,15 +43,18 @@ class Command(BaseCommand):
                     silent_for=timedelta(seconds=silent_for),
                 )
                 rolled = rollup_pending()
+                adapted = router_adapt_due() if every else []
             except Exception as exc:  # noqa: BLE001 - a database blip must not end the loop
                 if not every:
                     raise
                 self.stderr.write(f"sweep failed: {exc}")
-                closed = rolled = 0
+                closed, rolled, adapted = 0, 0, []
             if closed or not every:
                 self.stdout.write(f"{closed} abandoned generation(s) marked failed.")
             if rolled:
                 self.stdout.write(f"{rolled} hour(s) rolled up for the dashboard.")
+            for row in adapted:
+                self.stdout.write(f"router adapted to recent traffic: {row}")
             if not every:
                 return
             time.sleep(every)
