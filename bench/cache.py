@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import Gateway, pct, summary  # noqa: E402
@@ -116,6 +117,10 @@ def quality(lines: list[str]) -> None:
             static.embed_many([r["a"] for r in rows]) * static.embed_many([r["b"] for r in rows])
         ),
     }
+    int8 = get_embedder("minilm-int8")  # the int8 ONNX export (prepare_models)
+    sims["int8"] = np.stack([int8.embed(r["a"]) for r in rows]) * np.stack(
+        [int8.embed(r["b"]) for r in rows]
+    )
     for key, products in sims.items():
         for row, sim in zip(rows, products.sum(axis=1), strict=True):
             row[key] = float(sim)
@@ -128,7 +133,7 @@ def quality(lines: list[str]) -> None:
     )
     lines.append(f"semantic quality: {len(rows)} pairs (paraphrases+near-misses): {counts}")
     held = splits["test"] + splits["holdout"]
-    for embedder, key in (("minilm", "sim"), ("static", "static")):
+    for embedder, key in (("minilm", "sim"), ("minilm-int8", "int8"), ("static", "static")):
         default = DEFAULT_THRESHOLDS[embedder]
         lines.append(f" embedder {embedder} ({static.id if key == 'static' else 'MiniLM'}):")
         for guarded in (False, True):

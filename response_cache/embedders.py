@@ -30,11 +30,13 @@ class MiniLMEmbedder:
     hop), else by torch, the classifier's loaded copy (~8-11 ms: in a worker thread). Both
     give the same vectors (to 1e-7), so they share one id."""
 
-    name = "minilm"
     dimensions = 384
-    id = "minilm/all-MiniLM-L6-v2/384"
 
-    def __init__(self) -> None:
+    def __init__(self, *, quantized: bool = False) -> None:
+        # quantized: the int8 export only (its vectors differ from torch's: no fallback).
+        self.quantized = quantized
+        self.name = "minilm-int8" if quantized else "minilm"
+        self.id = "minilm/all-MiniLM-L6-v2/384" + ("/int8" if quantized else "")
         self._lock = threading.Lock()
         self._session = None
         self._tokenizer = None
@@ -64,7 +66,7 @@ class MiniLMEmbedder:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        from tokenflow_site.assets import onnx_path
+        from tokenflow_site.assets import ONNX_INT8, onnx_path
 
         path = onnx_path()
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -78,7 +80,9 @@ class MiniLMEmbedder:
         options.inter_op_num_threads = 1
         self._tokenizer = tokenizer
         self._session = onnxruntime.InferenceSession(
-            str(path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            str(path / (ONNX_INT8 if self.quantized else "model.onnx")),
+            options,
+            providers=["CPUExecutionProvider"],
         )
 
     def embed(self, text: str) -> np.ndarray | None:
@@ -94,6 +98,8 @@ class MiniLMEmbedder:
             input_ids = np.asarray([ids], dtype=np.int64)
             feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
             return session.run(None, feeds)[0][0].astype(np.float32)
+        if self.quantized:
+            return None  # no export: no vector (the semantic cache is off)
         from routing.classifiers import minilm
 
         model = minilm()
@@ -159,6 +165,7 @@ class StaticEmbedder:
 
 
 _minilm = MiniLMEmbedder()
+_minilm_int8 = MiniLMEmbedder(quantized=True)
 _static = StaticEmbedder()
 
 
@@ -168,7 +175,7 @@ def get_embedder(name: str | None = None) -> MiniLMEmbedder | StaticEmbedder:
     if name == "static":
         _static.load()
         return _static
-    return _minilm
+    return _minilm_int8 if name == "minilm-int8" else _minilm
 
 
 _static_missing = False
@@ -177,7 +184,10 @@ _static_missing = False
 def prefilter_embedder() -> StaticEmbedder | None:
     """The static model when the MiniLM path is prefiltered by it (and it is prepared)."""
     global _static_missing
-    if settings.TOKENFLOW_CACHE_EMBEDDER != "minilm" or settings.TOKENFLOW_CACHE_PREFILTER <= 0:
+    if (
+        not settings.TOKENFLOW_CACHE_EMBEDDER.startswith("minilm")
+        or settings.TOKENFLOW_CACHE_PREFILTER <= 0
+    ):
         return None
     if _static_missing:
         return None
@@ -199,4 +209,4 @@ def default_threshold() -> float:
 
 
 # Chosen on the tune split of bench/data/cache_pairs.jsonl (bench/cache.py).
-DEFAULT_THRESHOLDS = {"minilm": 0.89, "static": 0.965}
+DEFAULT_THRESHOLDS = {"minilm": 0.89, "minilm-int8": 0.885, "static": 0.965}

@@ -196,7 +196,7 @@ def cache_probe(plan: CachePlan, generation: Generation) -> None:
         _hit(plan, generation, entry, CacheResult.EXACT, None)
     elif plan.query_text is not None and (embedder := _embedder()) is not None:
         plan.embedder = embedder
-        prefilter = prefilter_embedder() if embedder.name == "minilm" else None
+        prefilter = prefilter_embedder() if embedder.name.startswith("minilm") else None
         semantic_index.refresh(plan.index_key, embedder.dimensions, prefilter)
         plan.guard = features(plan.query_text) if settings.TOKENFLOW_CACHE_GUARD else None
         rough = prefilter.embed(plan.query_text) if prefilter is not None else None

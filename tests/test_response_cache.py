@@ -15,6 +15,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from response_cache.embedders import default_threshold
 from response_cache.index import semantic_index
 from response_cache.models import CacheEntry
 from response_cache.services import cache_flush
@@ -298,10 +299,12 @@ async def test_failed_and_tool_call_answers_are_not_stored(keys, transactional_d
 @pytest.mark.parametrize("onnx", [True, False], ids=["onnxruntime", "torch"])
 async def test_semantic_hit_on_a_paraphrase_and_miss_on_a_near_miss(keys, model, settings, onnx):
     settings.TOKENFLOW_CACHE_ONNX = onnx
+    # fp32 MiniLM: the same vectors on ONNX Runtime and torch (the int8 default has no torch)
+    settings.TOKENFLOW_CACHE_EMBEDDER = "minilm"
     await ask(keys[0], model)
     response, events = await ask(keys[0], model, PARAPHRASE)
     assert response["x-tokenflow-cache"] == "semantic"
-    assert events[0][1]["cache_similarity"] >= 0.89
+    assert events[0][1]["cache_similarity"] >= default_threshold()
     assert text_of(events) == "Paris is the capital."
     row = await Generation.objects.aget(pk=events[0][1]["generation_id"])
     assert row.cache == "semantic" and row.cost_usd == 0 and row.cost_saved_usd > 0
@@ -463,7 +466,7 @@ def sync_to_async_run(function, *args):
 
 async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, model, monkeypatch):
     from response_cache import services
-    from response_cache.embedders import MiniLMEmbedder
+    from response_cache.embedders import get_embedder
 
     embedded: list[str] = []
     on_loop: list[bool] = []
@@ -485,7 +488,7 @@ async def test_an_exact_hit_never_embeds_and_a_guarded_miss_does_not_wait(keys, 
     assert embedded == [QUESTION]  # exact hit: no embedding
     entry = await CacheEntry.objects.aget()
     assert entry.embedding is not None and len(entry.embedding) == 384 * 4
-    assert entry.embedder == MiniLMEmbedder.id
+    assert entry.embedder == get_embedder().id
     assert on_loop == [False]  # the store's embedding never blocks the event loop
 
 
@@ -522,6 +525,7 @@ async def test_static_embedder_serves_semantic_hits_without_minilm(
 
 
 async def test_switching_embedder_never_compares_another_embedders_vectors(keys, model, settings):
+    settings.TOKENFLOW_CACHE_EMBEDDER = "minilm"
     await ask(keys[0], model)  # stored with a MiniLM vector
     settings.TOKENFLOW_CACHE_EMBEDDER = "static"
     response, _ = await ask(keys[0], model, STATIC_PARAPHRASE)
@@ -651,3 +655,17 @@ def test_cache_purge_command():
     assert CacheEntry.objects.count() == 1
     call_command("cache_purge", "--model", model.name)
     assert not CacheEntry.objects.exists()
+
+
+def test_the_int8_export_is_close_to_minilm_and_has_no_torch_fallback(settings):
+    """minilm-int8 (the default): its own vectors (own id, own threshold), near MiniLM's;
+    without ONNX Runtime it gives none (torch's would be another model's vectors)."""
+    from response_cache.embedders import get_embedder
+
+    texts = ["What is the capital of France?", "Explain recursion to a child, briefly."]
+    int8, minilm = get_embedder("minilm-int8"), get_embedder("minilm")
+    assert int8.id != minilm.id and int8.fast
+    for text in texts:
+        assert float(int8.embed(text) @ minilm.embed(text)) > 0.95
+    settings.TOKENFLOW_CACHE_ONNX = False
+    assert not int8.fast and int8.embed(texts[0]) is None

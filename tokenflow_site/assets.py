@@ -244,6 +244,7 @@ def static_path() -> Path:
 # --- MiniLM for ONNX Runtime ------------------------------------------------------------
 
 ONNX_DIRNAME = "minilm-onnx"
+ONNX_INT8 = "model-int8.onnx"
 
 
 def onnx_dir() -> Path:
@@ -255,7 +256,7 @@ def prepare_onnx(*, force: bool = False) -> tuple[Path, bool]:
     (the response cache runs it with ONNX Runtime: ~3 ms a short text against torch's
     ~11 ms, the same vectors to 1e-7); returns (path, exported_now)."""
     target = onnx_dir()
-    if not force and manifest_ok(target, deep=True):
+    if not force and manifest_ok(target, deep=True) and (target / ONNX_INT8).exists():
         return target, False
     # torch/transformers (and onnx, which torch's exporter needs) only when exporting.
     import torch
@@ -294,6 +295,11 @@ def prepare_onnx(*, force: bool = False) -> tuple[Path, bool]:
             opset_version=17,
             dynamo=False,
         )
+    # Weights quantized to int8 (dynamic): 1.4 ms a short text against 3.1 ms, vectors a
+    # little apart (pair cosines differ by 0.016 on average), so its own threshold.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(staging / "model.onnx", staging / ONNX_INT8, weight_type=QuantType.QInt8)
     shutil.copy(source / "tokenizer.json", staging / "tokenizer.json")
     _write_manifest(staging)
     shutil.rmtree(target, ignore_errors=True)

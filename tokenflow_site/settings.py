@@ -408,9 +408,11 @@ TOKENFLOW_CACHE_TTL = max(1, int(os.environ.get("TOKENFLOW_CACHE_TTL", 86_400)))
 TOKENFLOW_CACHE_SEMANTIC = env_bool("TOKENFLOW_CACHE_SEMANTIC", True)
 # minilm: all-MiniLM-L6-v2 (precise, a forward pass); static: the model distilled from it by
 # `prepare_models` (a lookup, ~25 us, less precise). response_cache/embedders.py.
-TOKENFLOW_CACHE_EMBEDDER = os.environ.get("TOKENFLOW_CACHE_EMBEDDER", "minilm")
-if TOKENFLOW_CACHE_EMBEDDER not in ("minilm", "static"):
-    raise ImproperlyConfigured("TOKENFLOW_CACHE_EMBEDDER must be 'minilm' or 'static'.")
+TOKENFLOW_CACHE_EMBEDDER = os.environ.get("TOKENFLOW_CACHE_EMBEDDER", "minilm-int8")
+if TOKENFLOW_CACHE_EMBEDDER not in ("minilm", "minilm-int8", "static"):
+    raise ImproperlyConfigured(
+        "TOKENFLOW_CACHE_EMBEDDER must be 'minilm', 'minilm-int8' or 'static'."
+    )
 # Unset: the embedder's own default (minilm 0.89, static 0.965; chosen on the tune split).
 TOKENFLOW_CACHE_SIMILARITY = (
     float(os.environ["TOKENFLOW_CACHE_SIMILARITY"])
