@@ -131,10 +131,7 @@ def prepare_smollm2(*, force: bool = False) -> tuple[Path, bool]:
     )
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    _write_manifest(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target, True
+    return _publish(staging, target)
 
 
 # --- MiniLM ------------------------------------------------------------------------------
@@ -225,6 +222,12 @@ def prepare_static(*, force: bool = False) -> tuple[Path, bool]:
     np.save(staging / "vectors.npy", vectors)
     shutil.copy(source / "tokenizer.json", staging / "tokenizer.json")
     (staging / "config.json").write_text(json.dumps(config, indent=1))
+    return _publish(staging, target)
+
+
+def _publish(staging: Path, target: Path) -> tuple[Path, bool]:
+    """Write the staged directory's manifest and swap it in for `target` (a reader sees
+    the old directory or the new one, never half of one)."""
     _write_manifest(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
@@ -301,10 +304,7 @@ def prepare_onnx(*, force: bool = False) -> tuple[Path, bool]:
 
     quantize_dynamic(staging / "model.onnx", staging / ONNX_INT8, weight_type=QuantType.QInt8)
     shutil.copy(source / "tokenizer.json", staging / "tokenizer.json")
-    _write_manifest(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target, True
+    return _publish(staging, target)
 
 
 def onnx_path() -> Path:

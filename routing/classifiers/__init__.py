@@ -15,7 +15,7 @@ BACKENDS = {
 _lock = threading.Lock()
 _instances: dict[tuple[str, str], Classifier] = {}
 
-__all__ = ["Category", "Classifier", "ClassifierResult", "get_classifier"]
+__all__ = ["Category", "Classifier", "ClassifierResult", "classifier_with_head", "get_classifier"]
 
 
 def _instance(backend: str, model: str) -> Classifier:
@@ -34,6 +34,21 @@ def _instance(backend: str, model: str) -> Classifier:
 def get_classifier() -> Classifier:
     """The configured backend, one instance per (backend, model) per process."""
     return _instance(settings.TOKENFLOW_CLASSIFIER, settings.TOKENFLOW_CLASSIFIER_MODEL)
+
+
+def classifier_with_head(purpose: str) -> Classifier:
+    """The configured classifier when it supports trained heads and adaptations, else 400
+    `unsupported_classifier` ("cannot {purpose}")."""
+    from tokenflow_site.errors import ApiError
+
+    classifier = get_classifier()
+    if not getattr(classifier, "supports_head", False):
+        raise ApiError(
+            f"The classifier {classifier.engine_name!r} cannot {purpose}.",
+            code="unsupported_classifier",
+            status=400,
+        )
+    return classifier
 
 
 def minilm():

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from routing.classifiers import get_classifier
+from routing.classifiers import classifier_with_head
 from routing.classifiers.base import Category
 from routing.models import Classification, RouterAdaptation
 from tokenflow_site.errors import ApiError
@@ -165,13 +165,7 @@ def router_adapt(
             code="invalid",
             status=400,
         )
-    classifier = get_classifier()
-    if not getattr(classifier, "supports_head", False):
-        raise ApiError(
-            f"The classifier {classifier.engine_name!r} cannot be adapted.",
-            code="unsupported_classifier",
-            status=400,
-        )
+    classifier = classifier_with_head("be adapted")
     table = routing_table()
     rows = _traffic(limit)
     fitted = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from django.db import transaction
 
-from routing.classifiers import get_classifier
+from routing.classifiers import classifier_with_head
 from routing.classifiers.base import Category
 from routing.models import RouterHead
 from routing.services.routes import routing_table
@@ -323,13 +323,7 @@ def router_train(
     active head if it beats zero-shot on the same folds (or `force`). Nothing is stored
     on bad options or too few examples (ApiError 400)."""
     training_options_check(kind, top_layers, rounds, cv_rounds)
-    classifier = get_classifier()
-    if not getattr(classifier, "supports_head", False):
-        raise ApiError(
-            f"The classifier {classifier.engine_name!r} cannot use a trained head.",
-            code="unsupported_classifier",
-            status=400,
-        )
+    classifier = classifier_with_head("use a trained head")
     categories, texts, y = training_data()
     if len(categories) < 2:
         raise ApiError(
