@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,12 @@ class RowCache(Generic[K, V]):
             else:
                 self.entries.pop(key, None)
 
+    def _refresh_in_worker(self, keys: list[K]) -> None:
+        # A worker thread sees no request signals: drop its connection when it is too old
+        # or broken (a database restart), as a request thread would.
+        close_old_connections()
+        self.refresh(keys)
+
     def _refresher_ensure(self) -> None:
         if settings.TOKENFLOW_KEY_REFRESH_SECONDS <= 0:
             return
@@ -124,6 +130,8 @@ class RowCache(Generic[K, V]):
             if not self.used:
                 return
             try:
-                await sync_to_async(self.refresh, thread_sensitive=False)(list(self.used))
+                await sync_to_async(self._refresh_in_worker, thread_sensitive=False)(
+                    list(self.used)
+                )
             except Exception:  # noqa: BLE001 - the database is down: entries simply expire
                 logger.warning("%s cache refresh failed", self.name, exc_info=True)
