@@ -669,3 +669,28 @@ def test_the_int8_export_is_close_to_minilm_and_has_no_torch_fallback(settings):
         assert float(int8.embed(text) @ minilm.embed(text)) > 0.95
     settings.TOKENFLOW_CACHE_ONNX = False
     assert not int8.fast and int8.embed(texts[0]) is None
+
+
+async def test_a_consumer_that_stops_at_the_end_event_still_stores_the_answer(model):
+    """A transport may close the stream as soon as it has the end event (the pipelines'
+    aggregator does): the answer is stored all the same."""
+    from contextlib import aclosing
+
+    from routing.services.generation import (
+        GenerationParams,
+        GenerationRequest,
+        generation_acreate,
+    )
+
+    request = GenerationRequest(
+        messages=[{"role": "user", "content": QUESTION}],
+        model=model.name,
+        params=GenerationParams(temperature=0),
+    )
+    prepared = await generation_acreate(request=request, api_key=None, transport="test")
+    async with aclosing(prepared.events()) as events:
+        async for event in events:
+            if event.type == "end":
+                break
+    await cache_flush()
+    assert await CacheEntry.objects.acount() == 1

@@ -1195,8 +1195,20 @@ async def _run(
         duration_ms=(time.monotonic() - started) * 1000,
         **(cache_hit_fields(plan) if hit else {}),
     )
-    if not getattr(generation, "end_before_write", False):
+    store = (
+        not hit
+        and not cancelled
+        and plan is not None
+        and storable(
+            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
+        )
+    )
+    # /v1 answers its client before the write (routing.views.openai, EarlyBodyEnd).
+    write_after_end = getattr(generation, "end_before_write", False)
+    if not write_after_end:
         await db_retry(_finish_completed, generation, status, plan if hit else None)
+        if store:
+            cache_store_later(generation, plan)  # off the response path
     end = {
         "generation_id": generation.pk,
         "finish_reason": finish_reason,
@@ -1212,23 +1224,16 @@ async def _run(
     try:
         yield StreamEvent("end", end)
     finally:
-        if getattr(generation, "end_before_write", False):
-            # The transport has answered its client (routing.views.openai): write now.
+        if write_after_end:
             try:
                 await asyncio.shield(
                     db_retry(_finish_completed, generation, status, plan if hit else None)
                 )
             except UNREACHABLE:
                 logger.error("Generation %s: database unreachable after its end", generation.pk)
-    if (
-        not hit
-        and not cancelled
-        and plan is not None
-        and storable(
-            generation, plan, tool_calls=tool_calls, finish_reason=finish_reason, text=text
-        )
-    ):
-        cache_store_later(generation, plan)  # off the response path
+            else:
+                if store:
+                    cache_store_later(generation, plan)
 
 
 def _finish_completed(
