@@ -444,7 +444,22 @@ class CategoryExample(models.Model):
         super().save(*args, **kwargs)
 
 
-class RouterHead(models.Model):
+class RouterVersion(models.Model):
+    """What a stored router version keeps besides its weights: a report, who made it and
+    when (the pk is the version; newest first)."""
+
+    report = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-pk"]
+
+
+class RouterHead(RouterVersion):
     """A trained router, one row per training run (the pk is the version): a linear head
     over the classifier's prompt embeddings, or fine-tuned top encoder layers with the
     categories' prototypes (routing.classifiers.finetune). The newest active head is used
@@ -480,21 +495,13 @@ class RouterHead(models.Model):
     cv_accuracy = models.FloatField(help_text="k-fold cross-validated accuracy of the head.")
     zero_shot_accuracy = models.FloatField(help_text="Zero-shot accuracy on the same folds.")
     active = models.BooleanField(default=False, db_index=True)
-    report = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-pk"]
 
     def __str__(self) -> str:
         state = "active" if self.active else "inactive"
         return f"router v{self.pk} ({state}, cv {self.cv_accuracy:.1%})"
 
 
-class RouterAdaptation(models.Model):
+class RouterAdaptation(RouterVersion):
     """Category prototypes learnt from recent traffic WITHOUT labels (one row per
     adaptation run; the pk is the version): zero-shot pseudo-labels of the recent prompts,
     refined a few rounds (routing.services.adaptation). Single-label classification adds
@@ -514,14 +521,6 @@ class RouterAdaptation(models.Model):
     rounds = models.PositiveSmallIntegerField()
     prompts = models.PositiveIntegerField(help_text="Unlabelled prompts it was fitted on.")
     active = models.BooleanField(default=True, db_index=True)
-    report = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-pk"]
 
     def __str__(self) -> str:
         state = "active" if self.active else "inactive"

@@ -200,6 +200,14 @@ async def _stream_body(
     response (tokenflow_site.middleware.EarlyBodyEnd) before the generation's final
     write, which runs as the events are drained."""
     created, started, usages = int(time.time()), set(), []
+
+    def closing() -> list[bytes]:
+        """The summed usage chunk (if asked for) and [DONE]."""
+        if not include_usage:
+            return [_sse("[DONE]")]
+        usage = _chunk(gen_id, model, created, None, usage=_usage_sum(usages))
+        return [_sse(usage), _sse("[DONE]")]
+
     async with aclosing(events):
         async for index, event in events:
             if ends_early and usages:
@@ -226,18 +234,16 @@ async def _stream_body(
                 yield _sse(_chunk(gen_id, model, created, choice, index=index))
                 usages.append(event.data["usage"])
                 if ends_early:
-                    if include_usage:
-                        yield _sse(_chunk(gen_id, model, created, None, usage=_usage_sum(usages)))
-                    yield _sse("[DONE]")
+                    for part in closing():
+                        yield part
                     yield b""
             elif event.type == "error":
                 yield _sse_error(event.data)
                 return
     if ends_early and usages:
         return
-    if include_usage:
-        yield _sse(_chunk(gen_id, model, created, None, usage=_usage_sum(usages)))
-    yield _sse("[DONE]")
+    for part in closing():
+        yield part
 
 
 async def _collect(events, n: int) -> list[tuple[str, list[dict], StreamEvent]] | JsonResponse:
